@@ -1,0 +1,269 @@
+"""The job spec: what the front end submits and the Ray driver runs.
+
+This is the contract between `service/` and `cluster/`: a plain JSON document,
+validated here (pure Python, no torch) by both sides. The front end converts an
+llc.v1 CreateEstimateRequest into a JobSpec; the driver reads it back from the
+LLC_JOB_SPEC environment variable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.engine.config import ConfigError, SamplerConfig
+
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+FILE_FORMATS = ("json", "jsonl", "parquet", "text", "csv")
+SELECTOR_KINDS = ("pattern", "regex", "layer", "head", "attention", "mlp", "embedding", "unembedding", "all")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+class SpecError(ValueError):
+    """An invalid job spec. `field` is a path such as `restrictions[1].weights[0].head`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _require(cond: bool, field: str, message: str) -> None:
+    if not cond:
+        raise SpecError(field, message)
+
+
+def _from_dict(cls, data: Any, path: str):
+    _require(isinstance(data, dict), path, f"must be an object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    _require(not unknown, f"{path}.{unknown[0] if unknown else ''}", f"unknown field; allowed: {sorted(known)}")
+    return known
+
+
+@dataclass
+class ModelRef:
+    """A Hugging Face hub id (with revision) or a local directory of safetensors."""
+
+    hub_id: str = ""
+    revision: str = ""  # branch, tag or commit; empty = the hub's default branch
+    local_path: str = ""
+    dtype: str = "float32"  # dtype the weights are loaded in
+    trust_remote_code: bool = False
+
+    def validate(self, path: str = "model") -> None:
+        _require(bool(self.hub_id) != bool(self.local_path), path,
+                 "give exactly one of hub_id (e.g. 'EleutherAI/pythia-14m') or local_path")
+        if self.hub_id:
+            _require(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", self.hub_id) is not None, f"{path}.hub_id",
+                     f"{self.hub_id!r} is not a hub id of the form 'owner/name'")
+        _require(self.dtype in MODEL_DTYPES, f"{path}.dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "model") -> "ModelRef":
+        _from_dict(cls, data, path)
+        ref = cls(**data)
+        ref.validate(path)
+        return ref
+
+
+@dataclass
+class DatasetRef:
+    """A hub dataset (id, config, split, column) or local files; tokenized to fixed-length rows."""
+
+    hub_id: str = ""
+    config: str = ""
+    split: str = "train"
+    revision: str = ""
+    files: list[str] = field(default_factory=list)
+    file_format: str = ""  # inferred from the extension when empty
+    text_column: str = "text"
+    input_ids_column: str = ""  # pre-tokenized rows: used instead of text_column
+    context_length: int = 128
+    max_examples: int = 0  # 0: no limit
+    shuffle_seed: int = 0
+    packing: bool = True  # True: concatenate and cut into context_length rows; False: truncate each text
+
+    def validate(self, path: str = "dataset") -> None:
+        _require(bool(self.hub_id) != bool(self.files), path,
+                 "give exactly one of hub_id (e.g. 'NeelNanda/pile-10k') or files (local jsonl/parquet/text)")
+        if self.file_format:
+            _require(self.file_format in FILE_FORMATS, f"{path}.file_format",
+                     f"must be one of {FILE_FORMATS}, got {self.file_format!r}")
+        _require(isinstance(self.context_length, int) and 2 <= self.context_length <= 1_048_576,
+                 f"{path}.context_length", f"must be an integer in [2, 1048576], got {self.context_length!r}")
+        _require(isinstance(self.max_examples, int) and 0 <= self.max_examples <= 100_000_000,
+                 f"{path}.max_examples", f"must be an integer in [0, 1e8] (0 = all), got {self.max_examples!r}")
+        _require(isinstance(self.shuffle_seed, int) and self.shuffle_seed >= 0, f"{path}.shuffle_seed",
+                 f"must be a non-negative integer, got {self.shuffle_seed!r}")
+        _require(bool(self.text_column or self.input_ids_column), f"{path}.text_column",
+                 "name the text column (or input_ids_column for pre-tokenized data)")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "dataset") -> "DatasetRef":
+        _from_dict(cls, data, path)
+        ref = cls(**data)
+        ref.validate(path)
+        return ref
+
+
+@dataclass
+class WeightSelector:
+    """Selects weights: by name (`pattern` glob or `regex`), or semantically
+    (`layer` i, `head` (i, h), `attention` of layer i, `mlp` of layer i,
+    `embedding`, `unembedding`, `all`)."""
+
+    kind: str = "pattern"
+    pattern: str = ""
+    layer: int = -1
+    head: int = -1
+
+    def validate(self, path: str) -> None:
+        _require(self.kind in SELECTOR_KINDS, f"{path}.kind", f"must be one of {SELECTOR_KINDS}, got {self.kind!r}")
+        if self.kind in ("pattern", "regex"):
+            _require(bool(self.pattern), f"{path}.pattern", f"a {self.kind} selector needs a pattern, e.g. 'gpt_neox.layers.0.*'")
+        if self.kind == "regex":
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise SpecError(f"{path}.pattern", f"invalid regular expression: {exc}") from None
+        if self.kind in ("layer", "head", "attention", "mlp"):
+            _require(isinstance(self.layer, int) and self.layer >= 0, f"{path}.layer",
+                     f"a {self.kind} selector needs layer >= 0, got {self.layer!r}")
+        if self.kind == "head":
+            _require(isinstance(self.head, int) and self.head >= 0, f"{path}.head",
+                     f"a head selector needs head >= 0, got {self.head!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "WeightSelector":
+        _from_dict(cls, data, path)
+        sel = cls(**data)
+        sel.validate(path)
+        return sel
+
+
+@dataclass
+class Restriction:
+    """A named LLC measurement: which weights move (empty = all) and on which data
+    (None = the job's dataset)."""
+
+    name: str = "full"
+    weights: list[WeightSelector] = field(default_factory=list)
+    dataset: DatasetRef | None = None
+
+    def validate(self, path: str) -> None:
+        _require(isinstance(self.name, str) and NAME_RE.match(self.name) is not None, f"{path}.name",
+                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {self.name!r}")
+        for i, sel in enumerate(self.weights):
+            sel.validate(f"{path}.weights[{i}]")
+        if self.dataset is not None:
+            self.dataset.validate(f"{path}.dataset")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "Restriction":
+        _from_dict(cls, data, path)
+        weights = data.get("weights") or []
+        _require(isinstance(weights, list), f"{path}.weights", "must be a list of selectors")
+        ds = data.get("dataset")
+        r = cls(
+            name=data.get("name", "full"),
+            weights=[WeightSelector.from_dict(w, f"{path}.weights[{i}]") for i, w in enumerate(weights)],
+            dataset=DatasetRef.from_dict(ds, f"{path}.dataset") if ds else None,
+        )
+        r.validate(path)
+        return r
+
+
+@dataclass
+class ComputeSpec:
+    """Resources per chain and fault handling."""
+
+    gpus_per_chain: float = 0.0  # 0: CPU only; a fraction lets chains share a GPU; >1 must be whole (ZeRO-3)
+    cpus_per_chain: float = 1.0
+    max_chain_retries: int = 2
+    timeout_s: float = 0.0  # 0: no job timeout
+
+    def validate(self, path: str = "compute") -> None:
+        g = self.gpus_per_chain
+        _require(isinstance(g, (int, float)) and 0 <= g <= 64, f"{path}.gpus_per_chain", f"must be in [0, 64], got {g!r}")
+        _require(g <= 1 or float(g).is_integer(), f"{path}.gpus_per_chain",
+                 f"more than one GPU per chain must be a whole number, got {g!r}")
+        _require(isinstance(self.cpus_per_chain, (int, float)) and 0 < self.cpus_per_chain <= 256,
+                 f"{path}.cpus_per_chain", f"must be in (0, 256], got {self.cpus_per_chain!r}")
+        _require(isinstance(self.max_chain_retries, int) and 0 <= self.max_chain_retries <= 10,
+                 f"{path}.max_chain_retries", f"must be an integer in [0, 10], got {self.max_chain_retries!r}")
+        _require(isinstance(self.timeout_s, (int, float)) and 0 <= self.timeout_s <= 30 * 86400,
+                 f"{path}.timeout_s", f"must be in [0, 2592000] seconds (0 = none), got {self.timeout_s!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "compute") -> "ComputeSpec":
+        _from_dict(cls, data, path)
+        c = cls(**data)
+        c.validate(path)
+        return c
+
+
+@dataclass
+class JobSpec:
+    job_id: str
+    model: ModelRef
+    dataset: DatasetRef
+    sampler: SamplerConfig
+    restrictions: list[Restriction] = field(default_factory=lambda: [Restriction()])
+    batch_size: int = 8
+    compute: ComputeSpec = field(default_factory=ComputeSpec)
+
+    def validate(self) -> None:
+        _require(isinstance(self.job_id, str) and NAME_RE.match(self.job_id) is not None, "job_id",
+                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {self.job_id!r}")
+        self.model.validate()
+        self.dataset.validate()
+        _require(1 <= len(self.restrictions) <= 4096, "restrictions", f"give 1 to 4096 restrictions, got {len(self.restrictions)}")
+        names = [r.name for r in self.restrictions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _require(not dup, "restrictions", f"restriction names must be unique; repeated: {dup}")
+        for i, r in enumerate(self.restrictions):
+            r.validate(f"restrictions[{i}]")
+        _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "batch_size",
+                 f"must be an integer in [1, 65536], got {self.batch_size!r}")
+        self.compute.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sampler"] = self.sampler.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "JobSpec":
+        _from_dict(cls, data, "spec")
+        try:
+            sampler = SamplerConfig.from_dict(data.get("sampler") or {})
+        except ConfigError as exc:
+            raise SpecError(f"sampler.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+        except TypeError as exc:
+            raise SpecError("sampler", str(exc)) from None
+        restrictions = data.get("restrictions") or [{"name": "full"}]
+        _require(isinstance(restrictions, list), "restrictions", "must be a list")
+        spec = cls(
+            job_id=data.get("job_id", ""),
+            model=ModelRef.from_dict(data.get("model") or {}, "model"),
+            dataset=DatasetRef.from_dict(data.get("dataset") or {}, "dataset"),
+            sampler=sampler,
+            restrictions=[Restriction.from_dict(r, f"restrictions[{i}]") for i, r in enumerate(restrictions)],
+            batch_size=data.get("batch_size", 8),
+            compute=ComputeSpec.from_dict(data.get("compute") or {}, "compute"),
+        )
+        spec.validate()
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError("spec", f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)

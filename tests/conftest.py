@@ -1,0 +1,18 @@
+"""Shared test setup: offline Hugging Face, quiet local Ray, fixtures by area."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Each area keeps its fixtures in tests/fixtures/<area>.py.
+pytest_plugins = [
+    "tests.fixtures.models",
+    "tests.fixtures.ray",
+    "tests.fixtures.service",
+]
