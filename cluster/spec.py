@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.engine.config import ConfigError, SamplerConfig
+from cluster.errors import InvalidArgument
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 FILE_FORMATS = ("json", "jsonl", "parquet", "text", "csv")
@@ -21,7 +22,7 @@ SELECTOR_KINDS = ("pattern", "regex", "layer", "head", "attention", "mlp", "embe
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
-class SpecError(ValueError):
+class SpecError(InvalidArgument, ValueError):
     """An invalid job spec. `field` is a path such as `restrictions[1].weights[0].head`."""
 
     def __init__(self, field: str, message: str):
