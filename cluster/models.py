@@ -1,0 +1,181 @@
+"""Load a causal language model from a Hugging Face hub id or a local directory.
+
+    loaded = load_model(ModelRef(local_path="/models/pythia-14m"))
+    loaded.model, loaded.tokenizer, loaded.provenance
+
+Hub ids are resolved to a commit hash first (for provenance, and so the weights
+loaded are exactly that commit); with HF_HUB_OFFLINE=1 only the local cache is
+consulted. Errors are cluster.errors types whose messages say what to change.
+A job loads its model once per worker process: `load_model_cached`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cluster.spec import ModelRef
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_HASH_LIMIT = 1 << 30  # hash local weight files in full up to this total size; beyond it, names and sizes
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # eval mode, requires_grad False everywhere (the engine turns on what moves)
+    tokenizer: Any | None
+    provenance: dict  # {"hub_id"|"local_path", "revision", "commit", "dtype", "architecture", "num_parameters"}
+    max_positions: int | None  # the model's maximum context length
+    architecture: str  # config.model_type, e.g. "gpt2", "gpt_neox", "llama"
+
+
+def hub_offline() -> bool:
+    import huggingface_hub
+
+    return huggingface_hub.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+
+
+def resolve_hub_commit(hub_id: str, revision: str, *, repo_type: str = "model") -> str:
+    """The commit hash of `revision` (branch, tag or hash; '' = default branch)."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    what = f"{repo_type} {hub_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        if hub_offline():
+            # The cache maps refs to snapshots/<commit>; nothing is downloaded.
+            path = snapshot_download(hub_id, revision=revision or None, repo_type=repo_type, local_files_only=True)
+            return Path(path).name
+        info = HfApi().repo_info(hub_id, revision=revision or None, repo_type=repo_type)
+        return info.sha
+    except GatedRepoError:
+        raise FailedPrecondition(f"{what} is gated: accept its license on huggingface.co and set HF_TOKEN on the workers") from None
+    except RevisionNotFoundError:
+        raise NotFound(f"{what}: unknown revision; give an existing branch, tag or commit hash") from None
+    except RepositoryNotFoundError:
+        raise NotFound(f"{what} not found on the Hugging Face hub; check the id (owner/name) or set HF_TOKEN for a private repo") from None
+    except HFValidationError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    except LocalEntryNotFoundError:
+        raise Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
+                          "download it first, or give a local_path") from None
+    except OSError as exc:  # connection errors (requests/httpx) derive from OSError
+        raise Unavailable(f"cannot reach the Hugging Face hub for {what}: {exc}; retry, or give a local_path") from None
+
+
+def _local_hash(path: Path) -> str:
+    """Content hash of a model directory (weights in full when small, else names and sizes)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    total = sum(p.stat().st_size for p in files)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(path)).encode() + b"\0" + str(p.stat().st_size).encode())
+        if total <= _HASH_LIMIT or p.suffix == ".json":
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def max_positions_of(config) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _torch_dtype(name: str):
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load `ref` as an AutoModelForCausalLM in eval mode with every requires_grad off."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ref.validate()
+    provenance: dict[str, Any] = {}
+    if ref.local_path:
+        path = Path(ref.local_path).expanduser()
+        if not path.is_dir():
+            raise NotFound(f"model.local_path {ref.local_path!r} does not exist or is not a directory; "
+                           "give a directory saved with save_pretrained (config.json + safetensors)")
+        if not (path / "config.json").is_file():
+            raise NotFound(f"model.local_path {ref.local_path!r} has no config.json; "
+                           "give a directory saved with save_pretrained")
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise NotFound(f"model.local_path {ref.local_path!r} has no weights ({' or '.join(WEIGHT_FILES[:2])}); "
+                           "save the model with save_pretrained")
+        source, revision = str(path), None
+        provenance.update(local_path=str(path.resolve()), revision="", commit=None, content_hash=_local_hash(path))
+    else:
+        commit = resolve_hub_commit(ref.hub_id, ref.revision)
+        source, revision = ref.hub_id, commit
+        provenance.update(hub_id=ref.hub_id, revision=ref.revision, commit=commit)
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=ref.trust_remote_code)
+    except ValueError as exc:
+        # Unknown model_type, or custom code that needs trust_remote_code.
+        hint = "" if ref.trust_remote_code else " If the model ships its own code, set model.trust_remote_code=true."
+        raise InvalidArgument(f"model {source!r}: transformers cannot read its config: {exc}.{hint}") from None
+    except OSError as exc:
+        raise NotFound(f"model {source!r}: cannot read its config: {exc}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=revision, dtype=_torch_dtype(ref.dtype), trust_remote_code=ref.trust_remote_code,
+            config=config)
+    except ValueError as exc:
+        raise InvalidArgument(f"model {source!r} ({config.model_type}) is not a causal language model that "
+                              f"AutoModelForCausalLM can load: {exc}") from None
+    except OSError as exc:
+        raise NotFound(f"model {source!r}: cannot load its weights: {exc}") from None
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+
+    tokenizer = None
+    has_tokenizer = not ref.local_path or any((Path(source) / f).is_file() for f in TOKENIZER_FILES)
+    if has_tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=ref.trust_remote_code)
+        except (OSError, ValueError) as exc:  # no tokenizer in the repo: pre-tokenized datasets still work
+            provenance["tokenizer_error"] = str(exc).splitlines()[0][:200]
+
+    first = next(model.parameters())
+    provenance.update(
+        dtype=str(first.dtype).removeprefix("torch."),
+        architecture=config.model_type,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        tokenizer=type(tokenizer).__name__ if tokenizer is not None else None,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, provenance=provenance,
+                       max_positions=max_positions_of(config), architecture=config.model_type)
+
+
+_cache: dict[tuple, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model_cached(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel:
+    """`load_model` once per (ref, device) in this process: every chain and restriction
+    of a job on a worker shares it (the engine restores w* after each chain)."""
+    key = (dataclasses.astuple(ref), str(torch.device(device)))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = load_model(ref, device)
+        return _cache[key]
+
+
+def clear_model_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
