@@ -1,0 +1,294 @@
+"""Runs a job's (restriction, chain) units on a pool of chain workers, surviving worker loss.
+
+The pool is the only place that talks to Ray about work: it starts the workers,
+gates compute on the first worker having loaded everything (the preview), gets
+L(w*) once per dataset, hands units to idle workers, and retries a unit whose
+worker process died (a new worker replaces the dead one; Ray places it on any
+node with room, so a lost node's chains move elsewhere). Retries are bounded per
+unit; a unit that keeps failing is recorded as a failed chain and the others run on.
+
+Cancellation (a set `stop` event) and the job deadline are checked at least
+every `tick` seconds, so a stop request is answered within a second or two.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from cluster.errors import LLCError, Unavailable
+from cluster.placement import ChainResources
+from cluster.spec import JobSpec
+from cluster.workers import ChainWorker, ProgressBoard, dataset_key
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(LLCError):
+    code = "CANCELLED"
+
+
+class JobTimedOut(LLCError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class WorkerFailed(LLCError):
+    """Unexpected exception inside a worker (a bug, or a resource error such as CUDA OOM)."""
+
+    code = "INTERNAL"
+
+
+@dataclass
+class ChainUnit:
+    restriction: int
+    chain: int
+    attempts: int = 0  # attempts started so far
+    failures: list[str] = field(default_factory=list)  # why each failed attempt failed
+
+
+@dataclass
+class _Worker:
+    handle: Any
+    index: int
+    ready: bool = False
+    busy: bool = False
+    summary: dict[str, Any] | None = None
+
+
+def _cause(exc: RayTaskError) -> BaseException:
+    return getattr(exc, "cause", None) or exc
+
+
+def _short(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ChainPool:
+    """A job's chain workers and the loop that feeds them units.
+
+    Callbacks (all run on the driver's thread):
+      on_ready(summary)            the first worker loaded model, data and restrictions
+      on_progress(r, c, progress)  latest progress of chain c of restriction r
+      on_chain(unit, status, chain_dict_or_None, message)   succeeded | diverged | retrying | failed
+    """
+
+    def __init__(self, spec: JobSpec, resources: ChainResources, size: int, *,
+                 stop: threading.Event, deadline: float | None = None,
+                 on_ready: Callable[[dict[str, Any]], None] = lambda s: None,
+                 on_progress: Callable[[int, int, dict[str, Any]], None] = lambda r, c, p: None,
+                 on_chain: Callable[[ChainUnit, str, dict[str, Any] | None, str], None] = lambda *a: None,
+                 progress_interval: float = 1.0, tick: float = 0.25):
+        self.spec = spec
+        self.resources = resources
+        self.size = size
+        self.stop = stop
+        self.deadline = deadline
+        self.on_ready, self.on_progress, self.on_chain = on_ready, on_progress, on_chain
+        self.progress_interval = progress_interval
+        self.tick = tick
+        self.max_attempts = spec.compute.max_chain_retries + 1
+        # Deaths of workers we tolerate in all (loading included) before giving up on the cluster.
+        self.death_budget = size * self.max_attempts
+        self.deaths = 0
+        self.workers: list[_Worker] = []
+        self.results: dict[tuple[int, int], dict[str, Any]] = {}
+        self.init_losses: dict[str, float] = {}
+        self.summary: dict[str, Any] | None = None
+        self.worker_summaries: list[dict[str, Any]] = []
+        self._spec_json = spec.to_json()
+        self._board = None
+        self._inflight: dict[Any, tuple[str, _Worker, Any]] = {}
+        self._next_index = 0
+
+    # -- workers -------------------------------------------------------------
+    def start(self) -> None:
+        self._board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> _Worker:
+        actor = ray.remote(ChainWorker).options(
+            **self.resources.actor_options(), max_restarts=0, max_task_retries=0,
+            name=None, namespace=None,
+        ).remote(self._spec_json, self._board)
+        w = _Worker(handle=actor, index=self._next_index)
+        self._next_index += 1
+        self.workers.append(w)
+        self._inflight[actor.prepare.remote()] = ("prepare", w, None)
+        return w
+
+    def _replace(self, dead: _Worker, why: str) -> None:
+        self.deaths += 1
+        self.workers.remove(dead)
+        ray.kill(dead.handle, no_restart=True)
+        for ref, (kind, w, payload) in list(self._inflight.items()):
+            if w is dead and kind == "prepare":
+                del self._inflight[ref]
+        if self.deaths <= self.death_budget:
+            log.warning("worker %d died (%s); starting a replacement", dead.index, why)
+            self._spawn()
+        elif not self.workers:
+            raise Unavailable(
+                f"{self.deaths} chain worker processes died (last: {why}); none is left. Check the Ray nodes' "
+                "memory and health (each worker holds one copy of the model), or lower the number of chains per node"
+            )
+
+    def shutdown(self) -> None:
+        """Kill every worker at once (frees its CPU/GPU and memory) and the progress board."""
+        for w in self.workers:
+            try:
+                ray.kill(w.handle, no_restart=True)
+            except Exception:  # already dead
+                pass
+        if self._board is not None:
+            try:
+                ray.kill(self._board, no_restart=True)
+            except Exception:
+                pass
+        self.workers = []
+        self._inflight.clear()
+
+    # -- the loop ------------------------------------------------------------
+    def run(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """Run every unit to a final status; returns chain dicts by (restriction, chain).
+
+        Raises the first domain error of loading (before any chain runs), JobCancelled,
+        JobTimedOut or Unavailable; `self.results` holds what finished until then.
+        """
+        spec = self.spec
+        keys = [dataset_key(r.dataset if r.dataset is not None else spec.dataset) for r in spec.restrictions]
+        pending_losses = collections.deque(dict.fromkeys(keys))  # distinct, in order
+        loss_attempts: dict[str, int] = collections.Counter()
+        units = collections.deque(
+            ChainUnit(r, c) for r in range(len(spec.restrictions)) for c in range(spec.sampler.chains)
+        )
+        total = len(units)
+        drain_ref, last_drain = None, 0.0
+        while len(self.results) < total:
+            self._check_stop()
+            # Hand work to idle, loaded workers: L(w*) first, then units whose L(w*) is known.
+            for w in self.workers:
+                if not (w.ready and not w.busy):
+                    continue
+                if pending_losses:
+                    key = pending_losses.popleft()
+                    loss_attempts[key] += 1
+                    self._inflight[w.handle.init_loss.remote(key)] = ("init_loss", w, key)
+                    w.busy = True
+                    continue
+                unit = next((u for u in units if keys[u.restriction] in self.init_losses), None)
+                if unit is None:
+                    continue
+                units.remove(unit)
+                unit.attempts += 1
+                ref = w.handle.run_chain.remote(unit.restriction, unit.chain, unit.attempts,
+                                                self.init_losses[keys[unit.restriction]])
+                self._inflight[ref] = ("chain", w, unit)
+                w.busy = True
+            now = time.monotonic()
+            if drain_ref is None and now - last_drain >= self.progress_interval and self._board is not None:
+                drain_ref, last_drain = self._board.drain.remote(), now
+            waiting = list(self._inflight) + ([drain_ref] if drain_ref is not None else [])
+            if not waiting:
+                raise Unavailable("no chain worker is left to run the remaining chains; check the Ray cluster's nodes")
+            done, _ = ray.wait(waiting, num_returns=1, timeout=self.tick)
+            for ref in done:
+                if ref is drain_ref or (drain_ref is not None and ref == drain_ref):
+                    drain_ref = None
+                    try:
+                        for r, c, p in ray.get(ref):
+                            if (r, c) not in self.results:
+                                self.on_progress(r, c, p)
+                    except RayError as exc:  # the board is only for progress: a lost update is harmless
+                        log.warning("progress board unavailable: %s", _short(exc))
+                    continue
+                kind, w, payload = self._inflight.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except RayTaskError as exc:
+                    self._worker_exception(kind, w, payload, _cause(exc), units, pending_losses, loss_attempts)
+                    continue
+                except RayError as exc:  # the worker process or its node died
+                    self._worker_died(kind, w, payload, _short(exc), units, pending_losses, loss_attempts)
+                    continue
+                self._finished(kind, w, payload, value)
+        return self.results
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise JobCancelled("the job was cancelled; its chains were stopped")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimedOut(
+                f"the job ran longer than compute.timeout_s={self.spec.compute.timeout_s:g} s and was stopped; "
+                "raise compute.timeout_s, or lower chains, draws or the number of restrictions"
+            )
+
+    def _finished(self, kind: str, w: _Worker, payload: Any, value: Any) -> None:
+        w.busy = False
+        if kind == "prepare":
+            w.ready, w.summary = True, value
+            self.worker_summaries.append(value)
+            if self.summary is None:
+                self.summary = value
+                self.on_ready(value)
+        elif kind == "init_loss":
+            self.init_losses[payload] = value  # None in paired mode
+        else:
+            unit: ChainUnit = payload
+            self.results[(unit.restriction, unit.chain)] = value
+            self.on_chain(unit, value.get("status", "succeeded"), value, value.get("message", ""))
+
+    def _worker_exception(self, kind: str, w: _Worker, payload: Any, cause: BaseException,
+                          units: collections.deque, pending_losses: collections.deque,
+                          loss_attempts: collections.Counter) -> None:
+        w.busy = False
+        if isinstance(cause, LLCError):
+            raise cause  # a problem with the request (model, data, restriction): retrying cannot help
+        message = f"{type(cause).__name__}: {_short(cause)}"
+        if kind == "prepare":
+            raise WorkerFailed(f"loading the model and data failed on a worker: {message}")
+        if kind == "init_loss":
+            if loss_attempts[payload] >= self.max_attempts:
+                raise WorkerFailed(f"computing L(w*) failed {loss_attempts[payload]} times: {message}")
+            pending_losses.appendleft(payload)
+            return
+        self._unit_failed(payload, message, units)
+
+    def _worker_died(self, kind: str, w: _Worker, payload: Any, why: str, units: collections.deque,
+                     pending_losses: collections.deque, loss_attempts: collections.Counter) -> None:
+        # Every call queued on the dead worker fails too; requeue its work once, here.
+        for ref, (k, other, p) in list(self._inflight.items()):
+            if other is w:
+                del self._inflight[ref]
+        self._replace(w, why)
+        if kind == "init_loss":
+            if loss_attempts[payload] >= self.max_attempts:
+                raise Unavailable(f"workers died {loss_attempts[payload]} times while computing L(w*): {why}")
+            pending_losses.appendleft(payload)
+        elif kind == "chain":
+            self._unit_failed(payload, f"worker process died: {why}", units)
+
+    def _unit_failed(self, unit: ChainUnit, message: str, units: collections.deque) -> None:
+        unit.failures.append(message)
+        if unit.attempts < self.max_attempts:
+            units.appendleft(unit)  # first in line, so a retried chain does not wait behind the queue
+            self.on_chain(unit, "retrying", None, f"attempt {unit.attempts} failed ({message}); retrying")
+            return
+        from cluster.engine.estimate import chain_seed  # torch, only once a chain has failed for good
+
+        chain = {
+            "chain": unit.chain, "seed": chain_seed(self.spec.sampler.seed, unit.chain), "llc": math.nan, "status": "failed", "loss_trace": [],
+            "init_trace": [], "mala_acceptance": None, "frac_below_init": None, "steps": 0,
+            "message": f"failed {unit.attempts} times; last: {message}", "attempts": unit.attempts,
+            "extra": {"failures": list(unit.failures)},
+        }
+        self.results[(unit.restriction, unit.chain)] = chain
+        self.on_chain(unit, "failed", chain, chain["message"])

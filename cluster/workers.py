@@ -1,0 +1,182 @@
+"""Ray actors of a job: chain workers, and the board they post progress on.
+
+A `ChainWorker` is one worker process. It loads the model, tokenizes every
+dataset and resolves every restriction once (`prepare`), then runs any number of
+(restriction, chain) units on that loaded state: the engine puts the weights back
+to w* after every chain, so nothing is reloaded or re-tokenized per chain.
+
+Heavy imports (torch, transformers) happen inside the methods, so the driver can
+import this module to create actors without loading torch itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ray
+
+from cluster.errors import FailedPrecondition
+from cluster.spec import DatasetRef, JobSpec
+
+
+def dataset_key(ref: DatasetRef) -> str:
+    """Identity of a dataset: restrictions with equal references share one tokenized copy."""
+    return json.dumps(ref.__dict__, sort_keys=True, default=str)
+
+
+def dataset_refs(spec: JobSpec) -> dict[str, DatasetRef]:
+    """Distinct datasets of a job: its own, and those of data-restricted restrictions."""
+    refs = {dataset_key(spec.dataset): spec.dataset}
+    for r in spec.restrictions:
+        if r.dataset is not None:
+            refs.setdefault(dataset_key(r.dataset), r.dataset)
+    return refs
+
+
+class ProgressBoard:
+    """Latest progress of each running chain; the driver drains it about once a second.
+
+    Keeping only the latest value per chain bounds memory and rate-limits the
+    events whatever `fetch_every` is; workers post without waiting for a reply.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def post(self, restriction: int, chain: int, progress: dict[str, Any]) -> None:
+        self._latest[(restriction, chain)] = progress
+
+    def drain(self) -> list[tuple[int, int, dict[str, Any]]]:
+        out = [(r, c, p) for (r, c), p in self._latest.items()]
+        self._latest = {}
+        return out
+
+
+class ChainWorker:
+    """One worker process holding the loaded model, datasets and restrictions of a job."""
+
+    def __init__(self, spec_json: str, board: Any = None) -> None:
+        self._spec = JobSpec.from_json(spec_json)
+        self._board = board
+        self._state: dict[str, Any] | None = None
+
+    def _device(self) -> str:
+        import torch
+
+        if self._spec.compute.gpus_per_chain > 0:
+            if not torch.cuda.is_available():
+                raise FailedPrecondition(
+                    "compute.gpus_per_chain > 0 but this worker sees no CUDA device "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+                    "set compute.gpus_per_chain=0 or fix the node's GPU drivers"
+                )
+            return "cuda"  # Ray sets CUDA_VISIBLE_DEVICES to this worker's GPU
+        return "cpu"
+
+    def prepare(self) -> dict[str, Any]:
+        """Load everything a chain needs, once; later calls return the same summary.
+
+        Raises the domain errors (NotFound, InvalidArgument, ...) that the driver
+        reports before any chain starts.
+        """
+        if self._state is None:
+            self._state = self._load()
+        s = self._state
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "load_seconds": s["load_seconds"],
+            "preview": s["preview"],
+            "model_provenance": s["model"].provenance,
+            "dataset_provenance": {k: d.provenance for k, d in s["datasets"].items()},
+            "architecture": s["model"].architecture,
+        }
+
+    def _load(self) -> dict[str, Any]:
+        from cluster.datasets import load_token_dataset, make_batches
+        from cluster.models import load_model
+        from cluster.restrictions import select_restriction
+
+        start = time.monotonic()
+        spec = self._spec
+        loaded = load_model(spec.model, self._device())
+        datasets, batches = {}, {}
+        vocab = loaded.model.get_input_embeddings().num_embeddings
+        for key, ref in dataset_refs(spec).items():
+            ds = load_token_dataset(ref, loaded.tokenizer, loaded.max_positions, vocab_size=vocab)
+            datasets[key] = ds
+            batches[key] = make_batches(ds, spec.batch_size)
+        selections = [select_restriction(loaded.model, loaded.architecture, r) for r in spec.restrictions]
+        preview = [
+            {"name": r.name, "tensors": sel.tensors, "elements": sel.elements, "notes": sel.notes}
+            for r, sel in zip(spec.restrictions, selections)
+        ]
+        return {
+            "model": loaded,
+            "datasets": datasets,
+            "batches": batches,
+            "selections": selections,
+            "preview": preview,
+            "init_loss": {},
+            "load_seconds": time.monotonic() - start,
+        }
+
+    def _restriction_data(self, restriction: int) -> str:
+        r = self._spec.restrictions[restriction]
+        return dataset_key(r.dataset if r.dataset is not None else self._spec.dataset)
+
+    def init_loss(self, key: str) -> float | None:
+        """L(w*) over one whole dataset (it depends on the data, not the chain), or None when
+        the sampler pairs each draw with L(w*) on the draw's own batch (init_loss="paired")."""
+        from cluster.datasets import lm_loss
+        from cluster.engine import compute_init_loss
+
+        self.prepare()
+        if self._spec.sampler.init_loss == "paired":
+            return None
+        cache = self._state["init_loss"]
+        if key not in cache:
+            model = self._state["model"].model
+            cache[key] = float(compute_init_loss(model, lm_loss, self._state["batches"][key], self._spec.sampler))
+        return cache[key]
+
+    def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None) -> dict[str, Any]:
+        """Run chain `chain` of restriction `restriction`; returns ChainResult.to_dict() with placement in `extra`.
+
+        `init_loss` is the job-wide L(w*) of the restriction's dataset, computed once by one
+        worker so every chain uses the same value (None in paired mode).
+        """
+        from cluster.datasets import lm_loss
+        from cluster.engine import estimate_llc
+
+        self.prepare()
+        key = self._restriction_data(restriction)
+        board = self._board
+
+        def progress(p: Any) -> None:
+            if board is not None:
+                board.post.remote(restriction, chain, {
+                    "step": int(p.step), "total_steps": int(p.total_steps), "llc_running": float(p.llc_running),
+                })
+
+        start = time.monotonic()
+        result = estimate_llc(
+            self._state["model"].model, lm_loss, self._state["batches"][key], self._spec.sampler,
+            params=self._state["selections"][restriction].params, chains=[chain], init_loss=init_loss,
+            progress=progress,
+        )
+        (chain_result,) = result.chains
+        chain_result.attempts = attempt
+        chain_result.extra = {
+            **chain_result.extra,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "seconds": round(time.monotonic() - start, 3),
+        }
+        return chain_result.to_dict()
+
+    def where(self) -> dict[str, Any]:
+        """The node and process of this worker (tests use it to kill one mid-chain)."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
