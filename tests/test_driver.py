@@ -1,0 +1,183 @@
+"""The job driver's parts that need no Ray cluster: placement, retries, results, error events.
+
+The driver against real Ray clusters is in tests/test_ray_cluster.py.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import threading
+
+import pytest
+
+from cluster import driver
+from cluster.chains import ChainPool, ChainUnit
+from cluster.errors import FailedPrecondition
+from cluster.events import parse_lines
+from cluster.placement import ChainResources, cluster_capacity, pool_size, require_single_process
+from cluster.results import result_document
+from cluster.spec import ComputeSpec, JobSpec
+
+
+def make_spec(**overrides) -> JobSpec:
+    data = {
+        "job_id": "job-1",
+        "model": {"local_path": "/nonexistent/model"},
+        "dataset": {"files": ["/nonexistent/train.jsonl"], "context_length": 16},
+        "sampler": {"chains": 3, "draws": 10, "seed": 5},
+        "restrictions": [{"name": "full"}, {"name": "layer0", "weights": [{"kind": "layer", "layer": 0}]}],
+    }
+    data.update(overrides)
+    return JobSpec.from_dict(data)
+
+
+# -- placement -----------------------------------------------------------------
+@pytest.mark.parametrize("cpus,gpus,node,expected", [
+    (1, 0, {"CPU": 4}, 4),
+    (1.5, 0, {"CPU": 4}, 2),
+    (1, 0.25, {"CPU": 8, "GPU": 1}, 4),  # fractional GPUs: four chains share one GPU
+    (1, 0.3, {"CPU": 8, "GPU": 0.9}, 3),  # 0.3 * 3 is 0.8999... in floats
+    (2, 1, {"CPU": 8, "GPU": 2}, 2),
+    (1, 1, {"CPU": 8}, 0),  # a CPU-only node holds no GPU chain
+    (1, 0, {"CPU": 0}, 0),  # a head node started with --num-cpus=0
+])
+def test_chains_per_node(cpus, gpus, node, expected):
+    assert ChainResources(cpus, gpus).chains_on(node) == expected
+
+
+def test_pool_has_one_worker_per_chain_slot_and_no_more_than_units():
+    r = ChainResources(1, 0)
+    nodes = [{"CPU": 0}, {"CPU": 2}, {"CPU": 3}]
+    assert cluster_capacity(r, nodes) == 5
+    assert pool_size(r, nodes, units=100) == 5
+    assert pool_size(r, nodes, units=2) == 2
+    assert pool_size(r, nodes, units=100, max_workers=1) == 1
+
+
+@pytest.mark.parametrize("resources,nodes,expected", [
+    (ChainResources(1, 1), [{"CPU": 8}], "set compute.gpus_per_chain=0"),
+    (ChainResources(4, 0), [{"CPU": 2}, {"CPU": 1}], "set compute.cpus_per_chain to at most 2"),
+    (ChainResources(16, 1), [{"CPU": 8, "GPU": 2}], "lower compute.cpus_per_chain or compute.gpus_per_chain"),
+])
+def test_a_chain_that_fits_no_node_fails_early_naming_the_setting(resources, nodes, expected):
+    with pytest.raises(FailedPrecondition, match=expected.replace(".", r"\.")):
+        cluster_capacity(resources, nodes)
+
+
+def test_multi_gpu_chains_plan_a_packed_group_and_are_refused_until_zero3_exists():
+    r = ChainResources.from_compute(ComputeSpec(gpus_per_chain=4, cpus_per_chain=8))
+    assert r.multi_gpu
+    assert r.placement_group_bundles() == [{"GPU": 1.0, "CPU": 2.0}] * 4
+    with pytest.raises(FailedPrecondition, match="STRICT_PACK placement group of 4 GPU bundles.*gpus_per_chain to 1"):
+        require_single_process(r)
+    require_single_process(ChainResources(1, 0.5))  # one process: fine
+    assert ChainResources(1, 0.5).actor_options() == {"num_cpus": 1.0, "num_gpus": 0.5}
+
+
+# -- retries -------------------------------------------------------------------
+def test_a_chain_is_retried_up_to_max_chain_retries_then_recorded_as_failed():
+    spec = make_spec(compute={"max_chain_retries": 2})
+    seen = []
+    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=threading.Event(),
+                     on_chain=lambda unit, status, chain, msg: seen.append((status, unit.attempts, msg)))
+    queue: collections.deque = collections.deque()
+    unit = ChainUnit(restriction=1, chain=2)
+    for attempt in (1, 2, 3):
+        unit.attempts = attempt
+        pool._unit_failed(unit, f"worker process died: boom {attempt}", queue)
+    assert [s for s, _, _ in seen] == ["retrying", "retrying", "failed"]
+    assert list(queue) == [unit, unit]  # re-queued first in line after each of the first two failures
+    failed = pool.results[(1, 2)]
+    assert failed["status"] == "failed" and failed["attempts"] == 3 and math.isnan(failed["llc"])
+    assert "failed 3 times" in failed["message"] and "boom 3" in failed["message"]
+    assert failed["extra"]["failures"] == [f"worker process died: boom {i}" for i in (1, 2, 3)]
+    from cluster.engine.estimate import chain_seed
+
+    assert failed["seed"] == chain_seed(spec.sampler.seed, 2)  # the seed the chain would have had
+
+
+def test_cancel_and_deadline_are_checked_by_the_pool_loop():
+    spec = make_spec(compute={"timeout_s": 5})
+    stop = threading.Event()
+    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=stop, deadline=0.0)
+    with pytest.raises(Exception) as info:
+        pool._check_stop()
+    assert info.value.code == "DEADLINE_EXCEEDED" and "raise compute.timeout_s" in info.value.message
+    stop.set()
+    with pytest.raises(Exception) as info:
+        pool._check_stop()
+    assert info.value.code == "CANCELLED"
+
+
+# -- results -------------------------------------------------------------------
+def chain_dict(chain: int, llc: float, status: str = "succeeded", node: str = "n1", init_trace=None) -> dict:
+    return {"chain": chain, "seed": 100 + chain, "llc": llc, "status": status,
+            "loss_trace": [1.0 + 0.01 * i for i in range(8)], "init_trace": init_trace or [],
+            "mala_acceptance": 0.9, "frac_below_init": 0.1, "steps": 8, "message": "", "attempts": 1,
+            "extra": {"node_id": node}}
+
+
+def test_result_document_combines_chains_from_several_workers():
+    spec = make_spec()
+    results = {(0, 2): chain_dict(2, 3.0, node="b"), (0, 0): chain_dict(0, 1.0, node="a"),
+               (0, 1): chain_dict(1, float("nan"), status="diverged", node="b"),
+               (1, 0): chain_dict(0, 0.5), (1, 1): chain_dict(1, 0.7), (1, 2): chain_dict(2, 0.9)}
+    previews = [{"name": "full", "tensors": [{"name": "w", "shape": [4, 4], "elements": 16}], "elements": 16},
+                {"name": "layer0", "tensors": [{"name": "w", "shape": [4, 4], "elements": 8}], "elements": 8}]
+    doc = result_document(spec, results, [0.9, 0.9], previews, {"spec": spec.to_dict()})
+    assert doc["job_id"] == "job-1" and [r["name"] for r in doc["restrictions"]] == ["full", "layer0"]
+    full = doc["restrictions"][0]
+    assert [c["chain"] for c in full["chains"]] == [0, 1, 2]  # in chain order whatever order they finished
+    assert full["llc_mean"] == pytest.approx(2.0)  # the diverged chain is not averaged in
+    assert full["diagnostics"]["diverged_chains"] == [1]
+    assert full["moved_elements"] == 16 and full["moved_tensors"][0]["name"] == "w"
+    assert [c["extra"]["node_id"] for c in full["chains"]] == ["a", "b", "b"]
+    assert doc["provenance"]["seeds"]["chains"] == [100, 101, 102]
+    assert "finished_at" in doc["provenance"]
+    json.dumps(doc)  # serialisable (NaN allowed, as the events encode it)
+
+
+def test_partial_result_leaves_out_restrictions_without_chains_and_pairs_init_loss():
+    spec = make_spec(sampler={"chains": 2, "draws": 10, "init_loss": "paired"})
+    results = {(1, 0): chain_dict(0, 0.5, init_trace=[0.5] * 8), (1, 1): chain_dict(1, 0.7, init_trace=[0.7] * 8)}
+    doc = result_document(spec, results, [None, None], None, {})
+    assert [r["name"] for r in doc["restrictions"]] == ["layer0"]
+    assert doc["restrictions"][0]["init_loss"] == pytest.approx(0.6)  # mean of the paired L(w*) draws
+    assert doc["provenance"]["seeds"]["chains"] == [100, 101]
+
+
+# -- the driver's error events (no cluster needed) --------------------------------
+def run_main(argv, capsys) -> tuple[int, list[dict]]:
+    code = driver.main(argv)
+    return code, list(parse_lines(capsys.readouterr().out.splitlines()))
+
+
+def test_driver_without_a_spec_says_how_to_give_one(monkeypatch, capsys):
+    monkeypatch.delenv("LLC_JOB_SPEC", raising=False)
+    code, events = run_main([], capsys)
+    assert code == 1 and [e["type"] for e in events] == ["error"]
+    assert events[0]["code"] == "INVALID_ARGUMENT" and "LLC_JOB_SPEC" in events[0]["message"]
+
+
+def test_driver_names_the_bad_field_of_a_spec(monkeypatch, capsys):
+    bad = make_spec().to_dict()
+    bad["sampler"]["step_size"] = -1
+    monkeypatch.setenv("LLC_JOB_SPEC", json.dumps(bad))
+    code, events = run_main([], capsys)
+    assert code == 1 and events[-1]["code"] == "INVALID_ARGUMENT"
+    assert "sampler.step_size" in events[-1]["message"]
+
+
+def test_driver_spec_file_that_does_not_exist(tmp_path, capsys):
+    code, events = run_main(["--spec", str(tmp_path / "missing.json")], capsys)
+    assert code == 1 and events[-1]["code"] == "INVALID_ARGUMENT" and "missing.json" in events[-1]["message"]
+
+
+def test_driver_without_a_ray_cluster_says_how_to_reach_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "spec.json"
+    path.write_text(make_spec().to_json())
+    code, events = run_main(["--spec", str(path)], capsys)
+    assert code == 1 and events[-1]["code"] == "UNAVAILABLE"
+    assert "RAY_ADDRESS" in events[-1]["message"] and "--local" in events[-1]["message"]
