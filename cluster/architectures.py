@@ -242,12 +242,13 @@ def architecture_for(model, architecture: str) -> Architecture:
         if architecture in fam.model_types:
             names = [n for n, _ in model.named_parameters()]
             return fam(model.config, names, tied_parameters(model))
-    example = next((n for n, _ in model.named_parameters()), "layers.0.*")
-    glob = re.sub(r"\.\d+\..*", ".0.*", example) if re.search(r"\.\d+\.", example) else example
+    names = [n for n, _ in model.named_parameters()]
+    layered = next((n for n in names if re.search(r"\.\d+\.", n)), None)
+    glob = re.sub(r"\.\d+\..*", ".0.*", layered, count=1) if layered else (names[0] if names else "*")
     raise InvalidArgument(
         f"architecture {architecture!r} has no semantic selectors (layer, head, attention, mlp, embedding, "
-        f"unembedding); they exist for {sorted(SUPPORTED)}. Use pattern or regex selectors on parameter names "
-        f"instead, e.g. {{'kind': 'pattern', 'pattern': '{glob}'}}")
+        f"unembedding); they exist for {sorted(SUPPORTED)}. Instead, use pattern or regex selectors on parameter "
+        f"names, e.g. {{'kind': 'pattern', 'pattern': '{glob}'}}")
 
 
 def tied_parameters(model) -> dict[str, str]:

@@ -87,7 +87,10 @@ def select_weights(model, architecture: str, selectors: list[WeightSelector]) ->
     masks: dict[str, torch.Tensor] = {}
     notes: list[str] = []
     for i, sel in enumerate(selectors):
-        picked = _select_one(model, architecture, sel, names)
+        try:
+            picked = _select_one(model, architecture, sel, names)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"weights[{i}]: {exc.message}") from None
         if not picked.slices:
             hint = (f"parameter names look like: {_name_examples(names)}"
                     if sel.kind in ("pattern", "regex") else "this model has no such weights; use a pattern selector")
