@@ -1,0 +1,342 @@
+"""estimate_llc: run localized SGLD chains around w* and estimate the LLC.
+
+λ̂ = nβ·(mean over draws of L_m(w_t) - L(w*)), per chain; mean and spread over
+chains. The step loop never synchronises with the host: step losses go into a
+device buffer fetched every `config.fetch_every` steps, where divergence is
+checked and progress reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cluster.engine.config import ConfigError, SamplerConfig
+from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
+from cluster.engine.sgld import SGLD
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+Params = Sequence[str] | Mapping[str, "torch.Tensor | None"] | None
+
+# A step whose nβ·(L_t - L(w*)) exceeds this many times d/2 (the largest possible λ)
+# is a blown-up chain, not a sample: report it as diverged.
+BLOWUP_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class ChainProgress:
+    chain: int
+    step: int  # steps done
+    total_steps: int
+    llc_running: float  # λ̂ over the draws so far (nan before the first draw)
+
+
+def chain_seed(seed: int, chain: int) -> int:
+    """Per-chain seed from (job seed, chain index) only, whatever the placement."""
+    return int(np.random.SeedSequence([seed, chain]).generate_state(2, dtype=np.uint64)[0] % (2**63))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: _to_device(v, device) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def _resolve_moving(model: torch.nn.Module, params: Params) -> list[tuple[str, torch.nn.Parameter, torch.Tensor | None]]:
+    named = dict(model.named_parameters())
+    if params is None:
+        return [(n, p, None) for n, p in named.items()]
+    items = params.items() if isinstance(params, Mapping) else ((n, None) for n in params)
+    moving = []
+    for name, mask in items:
+        if name not in named:
+            close = [n for n in named if name.split(".")[-1] in n][:5]
+            raise ConfigError("params", f"{name!r} is not a parameter of the model; similar names: {close}")
+        p = named[name]
+        if mask is not None:
+            if tuple(mask.shape) != tuple(p.shape):
+                raise ConfigError("params", f"mask of {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}")
+            if not bool(mask.any()):
+                continue  # selects nothing in this tensor
+            if bool(mask.all()):
+                mask = None
+        moving.append((name, p, mask))
+    if not moving:
+        raise ConfigError("params", "selects no weights: name at least one parameter (or a mask with a True element)")
+    return moving
+
+
+@contextlib.contextmanager
+def _moving_only(model: torch.nn.Module, moving) -> Iterable[None]:
+    """Gradients only for moving weights; half-precision moving weights become fp32
+    during sampling (updates of size ε are below bf16 resolution), restored after."""
+    saved = {n: (p.requires_grad, p.dtype) for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _, p, _ in moving:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+            p.requires_grad_(True)
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            req, dtype = saved[n]
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+            p.requires_grad_(req)
+
+
+def _autocast_dtype(config: SamplerConfig, model: torch.nn.Module) -> str:
+    """A half-precision model runs under autocast even when config.dtype is float32."""
+    if config.dtype != "float32":
+        return config.dtype
+    dtypes = {p.dtype for p in model.parameters()}
+    for half in (torch.bfloat16, torch.float16):
+        if half in dtypes:
+            return str(half).removeprefix("torch.")
+    return "float32"
+
+
+def _init_mode(config: SamplerConfig, batches: Any) -> str:
+    if config.init_loss != "auto":
+        return config.init_loss
+    try:
+        len(batches)
+        return "full"
+    except TypeError:
+        return "paired"
+
+
+@torch.no_grad()
+def compute_init_loss(model: torch.nn.Module, loss_fn: LossFn, batches: Iterable, config: SamplerConfig,
+                      *, amp: str | None = None) -> float:
+    """L(w*) averaged over the whole sampling set (or its first init_loss_batches),
+    weighting each batch by its size so it is the per-example mean."""
+    device = next(model.parameters()).device
+    amp = amp or _autocast_dtype(config, model)
+    limit = config.init_loss_batches or None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    weight = 0
+    with _autocast(device, amp):
+        for i, batch in enumerate(batches):
+            if limit is not None and i >= limit:
+                break
+            batch = _to_device(batch, device)
+            n = _batch_size(batch)
+            total += loss_fn(model, batch).double() * n
+            weight += n
+    if weight == 0:
+        raise ConfigError("batches", "the sampling set is empty: give at least one batch")
+    value = float(total / weight)
+    if not math.isfinite(value):
+        raise ConfigError("model", f"L(w*) is {value}: the loss at the given weights is not finite")
+    return value
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_size(batch[0])
+    return 1
+
+
+def _cycle(batches: Iterable):
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ConfigError("batches", "the sampling set is empty: give at least one batch")
+
+
+def estimate_llc(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable,
+    config: SamplerConfig,
+    *,
+    params: Params = None,
+    chains: Sequence[int] | None = None,
+    init_loss: float | None = None,
+    progress: Callable[[ChainProgress], None] | None = None,
+) -> LLCResult:
+    """Estimate the local learning coefficient of `model` at its current weights w*.
+
+    Args:
+        loss_fn: `loss_fn(model, batch)` → the mean loss of the batch, a scalar tensor.
+        batches: a re-iterable of batches (a DataLoader works); it is the sampling
+            set, cycled as needed. Batches are moved to the model's device.
+        params: what moves (the weight restriction): parameter names, or a dict
+            name → bool mask of the parameter's shape (True = moves) or None
+            (the whole tensor). Default: every parameter. Everything else stays at w*.
+        chains: which chain indices to run (default all `config.chains`); seeds
+            derive from (config.seed, index) so a subset run elsewhere gives the
+            same per-chain values.
+        init_loss: L(w*) if already known (saves a pass over the data).
+        progress: called every `config.fetch_every` steps of each chain.
+    """
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
+    moving = _resolve_moving(model, params)
+    indices = list(range(config.chains)) if chains is None else list(chains)
+    bad = [i for i in indices if not (isinstance(i, int) and 0 <= i < config.chains)]
+    if bad:
+        raise ConfigError("chains", f"chain indices must be in [0, {config.chains}), got {bad}")
+    mode = _init_mode(config, batches)
+    elements = sum(int(m.sum()) if m is not None else p.numel() for _, p, m in moving)
+    amp = _autocast_dtype(config, model)  # before half-precision moving weights are upcast
+    with _moving_only(model, moving):
+        if mode == "full" and init_loss is None:
+            init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
+        results = [
+            _run_chain(model, loss_fn, batches, config, moving, i, init_loss if mode == "full" else None, elements,
+                       progress, amp)
+            for i in indices
+        ]
+    if mode == "paired":
+        inits = [v for c in results for v in c.init_trace]
+        init_loss = float(np.mean(inits)) if inits else float("nan")
+    return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements)
+
+
+def _run_chain(model, loss_fn, batches, config: SamplerConfig, moving, chain: int, init_loss: float | None,
+               elements: int, progress, amp: str) -> ChainResult:
+    params = [p for _, p, _ in moving]
+    device = params[0].device
+    seed = chain_seed(config.seed, chain)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    optimizer = SGLD(
+        [{"params": params, "masks": [m for _, _, m in moving]}],
+        lr=config.step_size,
+        nbeta=config.nbeta,
+        gamma=config.gamma,
+        preconditioner="rmsprop" if config.method == "rmsprop_sgld" else "none",
+        alpha=config.rmsprop_alpha,
+        eps=config.rmsprop_eps,
+        generator=generator,
+        track_mala=config.mala,
+    )
+    total = config.total_steps
+    draw_steps = np.asarray(config.draw_steps())
+    is_draw = np.zeros(total, dtype=bool)
+    is_draw[draw_steps] = True
+    paired = init_loss is None
+    losses = torch.zeros(total, device=device)
+    inits = torch.zeros(total, device=device) if paired else None
+    log_accept = torch.full((total,), float("nan"), device=device) if config.mala else None
+    blowup = BLOWUP_FACTOR * max(elements / 2, 1.0) / config.nbeta
+    status, message, steps_done = SUCCEEDED, "", 0
+    fetched = np.zeros(0)
+    fetched_inits = np.zeros(0)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # the batch order (e.g. a shuffling DataLoader) follows the chain seed
+        stream = _cycle(batches)
+        try:
+            for t in range(total):
+                batch = _to_device(next(stream), device)
+                with _autocast(device, amp):
+                    loss = loss_fn(model, batch)
+                loss.backward()
+                losses[t] = loss.detach()
+                if paired and is_draw[t]:
+                    inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if log_accept is not None and optimizer.last_log_accept is not None and t > config.burn_in:
+                    log_accept[t - 1] = optimizer.last_log_accept
+                if (t + 1) % config.fetch_every == 0 or t + 1 == total:
+                    steps_done = t + 1
+                    fetched = losses[:steps_done].cpu().numpy()
+                    if paired:
+                        fetched_inits = inits[:steps_done].cpu().numpy()
+                    status, message = _check_block(fetched, fetched_inits if paired else init_loss, is_draw, blowup, t)
+                    if status != SUCCEEDED:
+                        break
+                    if progress is not None:
+                        progress(ChainProgress(chain, steps_done, total,
+                                               _llc(fetched, fetched_inits if paired else init_loss, is_draw, config)))
+        finally:
+            with torch.no_grad():  # back to w* for the next chain or restriction
+                anchors = optimizer.anchors()
+                if anchors:
+                    torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
+
+    draws = is_draw[:steps_done]
+    trace = fetched[draws].tolist()
+    init_trace = fetched_inits[draws].tolist() if paired else []
+    llc = _llc(fetched, fetched_inits if paired else init_loss, is_draw, config) if status == SUCCEEDED else float("nan")
+    reference = np.asarray(init_trace) if paired else init_loss
+    below = float(np.mean(np.asarray(trace) < reference)) if trace else None
+    mala = None
+    if log_accept is not None and status == SUCCEEDED:
+        la = log_accept.cpu().numpy()
+        la = la[np.isfinite(la)]
+        mala = float(np.mean(np.exp(np.minimum(la, 0.0)))) if la.size else None
+    return ChainResult(chain=chain, seed=seed, llc=llc, status=status, loss_trace=trace, init_trace=init_trace,
+                       mala_acceptance=mala, frac_below_init=below, steps=steps_done, message=message)
+
+
+@torch.no_grad()
+def _loss_at_anchor(model, loss_fn, batch, optimizer: SGLD, device, amp: str) -> torch.Tensor:
+    """L_m(w*) on this step's batch: swap w* in, evaluate, swap back (no model copy)."""
+    pairs = optimizer.anchors()
+    if not pairs:  # before the first step w is still w*
+        with _autocast(device, amp):
+            return loss_fn(model, batch).detach()
+    params = [p for p, _ in pairs]
+    current = [p.detach().clone() for p in params]
+    torch._foreach_copy_(params, [a.to(p.dtype) for p, a in pairs])
+    try:
+        with _autocast(device, amp):
+            return loss_fn(model, batch).detach()
+    finally:
+        torch._foreach_copy_(params, current)
+
+
+def _llc(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarray, config: SamplerConfig) -> float:
+    draws = is_draw[: len(losses)]
+    if not draws.any():
+        return float("nan")
+    ref = init[draws] if isinstance(init, np.ndarray) else init
+    return float(config.nbeta * np.mean(losses[draws] - ref))
+
+
+def _check_block(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarray, blowup: float, t: int):
+    finite = np.isfinite(losses)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        return DIVERGED, (f"loss became {losses[first]} at step {first}: the chain diverged. "
+                          "Lower step_size (ε) or raise gamma (γ).")
+    if isinstance(init, np.ndarray):
+        drawn = init[is_draw[: len(init)]]
+        ref = float(np.mean(drawn)) if drawn.size else None
+    else:
+        ref = init
+    if ref is not None and math.isfinite(ref):
+        excess = losses - ref
+        worst = int(np.argmax(excess))
+        if excess[worst] > blowup:
+            return DIVERGED, (f"loss {losses[worst]:.4g} at step {worst} is far above L(w*) = {ref:.4g} "
+                              "(more than any sample of the local posterior): the chain blew up. Lower step_size (ε).")
+    return SUCCEEDED, ""
