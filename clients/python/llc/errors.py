@@ -1,0 +1,69 @@
+"""Errors the SDK raises: one class per gRPC status code, plus an estimate that ended badly."""
+from __future__ import annotations
+
+import grpc
+
+
+class LLCError(Exception):
+    """A call failed. `code` is the gRPC status name (e.g. 'INVALID_ARGUMENT')."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidArgument(LLCError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(LLCError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(LLCError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(LLCError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(LLCError):
+    code = "UNAVAILABLE"
+
+
+class Unauthenticated(LLCError):
+    code = "UNAUTHENTICATED"
+
+
+class DeadlineExceeded(LLCError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class EstimateFailed(LLCError):
+    """The estimate ran and failed; `estimate` holds its final state."""
+
+    def __init__(self, message: str, code: str, estimate=None):
+        super().__init__(message, code)
+        self.estimate = estimate
+
+
+class EstimateCancelled(EstimateFailed):
+    code = "CANCELLED"
+
+
+_BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable,
+                                Unauthenticated, DeadlineExceeded)}
+
+
+def from_rpc_error(exc: grpc.RpcError) -> LLCError:
+    code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return _BY_CODE.get(code, LLCError)(details or code, code)

@@ -1,0 +1,53 @@
+"""PNG plots of a result (needs matplotlib: pip install 'llc-client[plots]')."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llc.results import EstimateResult
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'llc-client[plots]'") from None
+    return plt
+
+
+def plot_loss_traces(result: "EstimateResult", path: str) -> str:
+    """One panel per restriction: each chain's draw losses, and L(w*) dashed."""
+    plt = _pyplot()
+    n = max(1, len(result.restrictions))
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.6 * n), squeeze=False)
+    for ax, r in zip(axes[:, 0], result.restrictions):
+        for i, trace in enumerate(r.loss_traces):
+            ax.plot(trace, lw=0.8, label=f"chain {i}")
+        if math.isfinite(r.init_loss):
+            ax.axhline(r.init_loss, color="k", ls="--", lw=0.8, label="L(w*)")
+        ax.set_title(f"{r.name}: LLC {r.llc_mean:.4g} ± {r.llc_std:.3g}")
+        ax.set_xlabel("draw")
+        ax.set_ylabel("loss")
+    axes[0, 0].legend(fontsize="small", ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_llc(result: "EstimateResult", path: str) -> str:
+    """LLC per restriction with ± one standard deviation across chains."""
+    plt = _pyplot()
+    names = [r.name for r in result.restrictions]
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
+    ax.bar(names, [r.llc_mean for r in result.restrictions], yerr=[r.llc_std for r in result.restrictions], capsize=4)
+    ax.set_ylabel("LLC")
+    ax.set_title("LLC per restriction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

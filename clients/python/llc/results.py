@@ -1,0 +1,224 @@
+"""Typed views of llc.v1 messages: estimates, results, events. Convert to dicts, JSON,
+pandas DataFrames (optional) and plots (optional)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from llc.v1 import llc_pb2 as pb
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _state_name(enum, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix)
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN/inf → None: JSON has no NaN (a diverged chain's λ̂ is NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _struct(msg) -> dict[str, Any]:
+    return json_format.MessageToDict(msg)
+
+
+class _Doc:
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+@dataclass
+class Chain(_Doc):
+    chain: int
+    seed: int
+    llc: float
+    state: str  # SUCCEEDED, DIVERGED, FAILED
+    loss_trace: list[float]
+    mala_acceptance: float
+    frac_below_init: float
+    steps: int
+    message: str
+    attempts: int
+
+    @classmethod
+    def from_proto(cls, m: pb.Chain) -> "Chain":
+        return cls(m.chain, m.seed, m.llc, _state_name(pb.ChainState, m.state, "CHAIN_STATE_"), list(m.loss_trace),
+                   m.mala_acceptance, m.frac_below_init, m.steps, m.message, m.attempts)
+
+
+@dataclass
+class Diagnostics(_Doc):
+    rhat: float
+    ess: float
+    mala_acceptance: float
+    frac_below_init: float
+    diverged_chains: list[int]
+
+
+@dataclass
+class RestrictionResult(_Doc):
+    name: str
+    llc_mean: float
+    llc_std: float
+    llc_per_chain: list[float]
+    init_loss: float
+    loss_traces: list[list[float]]
+    diagnostics: Diagnostics
+    warnings: list[str]
+    chains: list[Chain]
+    moved_tensors: list[dict[str, Any]]
+    moved_elements: int
+    config: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, m: pb.RestrictionResult) -> "RestrictionResult":
+        d = m.diagnostics
+        return cls(m.name, m.llc_mean, m.llc_std, list(m.llc_per_chain), m.init_loss,
+                   [list(t.losses) for t in m.loss_traces],
+                   Diagnostics(d.rhat, d.ess, d.mala_acceptance, d.frac_below_init, list(d.diverged_chains)),
+                   list(m.warnings), [Chain.from_proto(c) for c in m.chains],
+                   [{"name": t.name, "shape": list(t.shape), "elements": t.elements} for t in m.moved_tensors],
+                   m.moved_elements, _struct(m.config))
+
+
+@dataclass
+class EstimateResult(_Doc):
+    restrictions: list[RestrictionResult]
+    provenance: dict[str, Any]
+    warnings: list[str]
+
+    @classmethod
+    def from_proto(cls, m: pb.EstimateResult) -> "EstimateResult":
+        return cls([RestrictionResult.from_proto(r) for r in m.restrictions], _struct(m.provenance), list(m.warnings))
+
+    def __getitem__(self, name: str) -> RestrictionResult:
+        for r in self.restrictions:
+            if r.name == name:
+                return r
+        raise KeyError(f"no restriction {name!r}; have {[r.name for r in self.restrictions]}")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per restriction: the numbers people put in a table."""
+        return [{"restriction": r.name, "llc_mean": r.llc_mean, "llc_std": r.llc_std, "chains": len(r.llc_per_chain),
+                 "diverged": len(r.diagnostics.diverged_chains), "init_loss": r.init_loss, "rhat": r.diagnostics.rhat,
+                 "ess": r.diagnostics.ess, "mala_acceptance": r.diagnostics.mala_acceptance,
+                 "moved_elements": r.moved_elements} for r in self.restrictions]
+
+    def table(self) -> str:
+        """A plain-text table (no pandas needed)."""
+        cols = ["restriction", "llc_mean", "llc_std", "chains", "diverged", "init_loss", "rhat", "mala_acceptance",
+                "moved_elements"]
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        cells = [cols] + [[fmt(row[c]) for c in cols] for row in self.rows()]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+    def to_dataframe(self):
+        """A pandas DataFrame, one row per restriction (needs pandas: pip install 'llc-client[pandas]')."""
+        return _pandas().DataFrame(self.rows())
+
+    def chains_dataframe(self):
+        """One row per (restriction, chain)."""
+        return _pandas().DataFrame([{"restriction": r.name, **{k: v for k, v in dataclasses.asdict(c).items()
+                                                                 if k != "loss_trace"}}
+                                    for r in self.restrictions for c in r.chains])
+
+    def plot_loss_traces(self, path: str) -> str:
+        from llc.plots import plot_loss_traces
+
+        return plot_loss_traces(self, path)
+
+    def plot_llc(self, path: str) -> str:
+        from llc.plots import plot_llc
+
+        return plot_llc(self, path)
+
+
+@dataclass
+class Progress(_Doc):
+    chains_total: int = 0
+    chains_finished: int = 0
+    steps_done: int = 0
+    steps_total: int = 0
+    fraction: float = 0.0
+    llc_running: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Estimate(_Doc):
+    id: str
+    state: str  # QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    request_id: str
+    owner: str
+    spec: dict[str, Any]
+    create_time: str
+    start_time: str
+    end_time: str
+    progress: Progress
+    result: EstimateResult | None
+    error_code: str
+    error_message: str
+    last_seq: int
+    ray_submission_id: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_proto(cls, m: pb.Estimate) -> "Estimate":
+        p = m.progress
+        ts = lambda t: t.ToJsonString() if t.seconds or t.nanos else ""  # noqa: E731
+        return cls(m.estimate_id, _state_name(pb.EstimateState, m.state, "ESTIMATE_STATE_"), m.request_id, m.owner,
+                   _struct(m.spec), ts(m.create_time), ts(m.start_time), ts(m.end_time),
+                   Progress(p.chains_total, p.chains_finished, p.steps_done, p.steps_total, p.fraction,
+                            {r.restriction: r.llc_running for r in p.restrictions}),
+                   EstimateResult.from_proto(m.result) if m.HasField("result") else None,
+                   m.error.code, m.error.message, m.last_seq, m.ray_submission_id)
+
+
+@dataclass
+class Event(_Doc):
+    """One WatchEstimate message: `kind` is snapshot, started, progress, chain or preview."""
+
+    seq: int
+    kind: str
+    time: str
+    data: dict[str, Any]
+    estimate: Estimate | None = None  # for snapshots
+
+    @classmethod
+    def from_proto(cls, m: pb.WatchEstimateResponse) -> "Event":
+        kind = m.WhichOneof("event") or ""
+        t = m.time.ToJsonString() if m.time.seconds else ""
+        if kind == "snapshot":
+            est = Estimate.from_proto(m.snapshot)
+            return cls(m.seq, kind, t, {"state": est.state}, est)
+        data = json_format.MessageToDict(getattr(m, kind), preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True) if kind else {}
+        return cls(m.seq, kind, t, data)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install 'llc-client[pandas]'") from None
+    return pandas

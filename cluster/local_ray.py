@@ -1,0 +1,148 @@
+"""Local Ray clusters as subprocesses (pure Python, no torch): a head node with the
+dashboard (the job API needs it) and optional extra worker nodes.
+
+    head = start_head(num_cpus=2)          # head.address (GCS host:port), head.dashboard_url
+    worker = start_worker(head.address, num_cpus=1, resources={"chain_slot": 1})
+    ...; worker.stop(); head.stop()
+
+Nodes run `ray start --block` and are stopped with SIGTERM (never `ray stop`, which
+kills every Ray process on the machine). Used by `llc serve` and the tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from cluster.errors import Unavailable
+
+# Multi-node needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 on head and workers (with 0 a joining node
+# panics); --node-ip-address=127.0.0.1 keeps everything on loopback anyway.
+LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "ray")
+    return here if os.path.exists(here) else (shutil.which("ray") or "ray")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **LOCAL_ENV}
+
+
+@dataclass
+class RayNode:
+    """A `ray start --block` subprocess."""
+
+    process: subprocess.Popen
+    address: str  # the head's GCS address, host:port
+    dashboard_url: str = ""  # head only: Ray's job API
+    log_path: str = ""
+    _log: object = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, wait, then SIGKILL: `ray start --block` tears its node down on SIGTERM."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path) as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "RayNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _spawn(args: list[str], name: str) -> tuple[subprocess.Popen, str, object]:
+    log = tempfile.NamedTemporaryFile("w", prefix=f"llc-{name}-", suffix=".log", delete=False)
+    proc = subprocess.Popen([_ray_cli(), "start", "--block", "--disable-usage-stats", *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    return proc, log.name, log
+
+
+def job_api_ready(dashboard_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=timeout) as r:
+            return r.status == 200 and "ray_version" in json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dict[str, float] | None = None,
+               host: str = "127.0.0.1", timeout: float = 90.0) -> RayNode:
+    """Starts a head node with the dashboard on free ports; returns once its job API answers."""
+    port, dash = free_port(), free_port()
+    args = ["--head", f"--port={port}", f"--node-ip-address={host}", f"--dashboard-host={host}",
+            f"--dashboard-port={dash}", f"--num-cpus={num_cpus}",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
+    if resources:
+        args.append(f"--resources={json.dumps(resources)}")
+    proc, log_path, log = _spawn(args, "head")
+    node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not node.alive():
+            raise Unavailable(f"the Ray head node exited with code {proc.returncode}; its log ({log_path}):\n"
+                              + node.log_tail())
+        if job_api_ready(node.dashboard_url):
+            return node
+        time.sleep(0.5)
+    node.stop()
+    raise Unavailable(f"the Ray head node's job API did not answer within {timeout:.0f} s; log ({log_path}):\n"
+                      + node.log_tail())
+
+
+def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, float] | None = None, *,
+                 num_gpus: int | None = None, host: str = "127.0.0.1", timeout: float = 60.0) -> RayNode:
+    """Starts another local node joined to `head_address`; returns once the process runs
+    (Ray registers it a moment later: wait for its resources if a test needs them)."""
+    args = [f"--address={head_address}", f"--node-ip-address={host}", f"--num-cpus={num_cpus}",
+            f"--dashboard-agent-listen-port={free_port()}"]
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
+    if resources:
+        args.append(f"--resources={json.dumps(resources)}")
+    proc, log_path, log = _spawn(args, "worker")
+    node = RayNode(proc, head_address, "", log_path, log)
+    deadline = time.monotonic() + min(timeout, 10.0)
+    while time.monotonic() < deadline:  # `ray start` fails fast on a bad address; catch that here
+        if not node.alive():
+            raise Unavailable(f"the Ray worker node exited with code {proc.returncode}; log ({log_path}):\n"
+                              + node.log_tail())
+        if "Ray runtime started" in node.log_tail(200):
+            return node
+        time.sleep(0.3)
+    return node

@@ -1,0 +1,47 @@
+"""Server settings, validated on construction; every limit names the flag that raises it."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from cluster.errors import InvalidArgument
+
+
+@dataclass
+class ServerConfig:
+    address: str = "127.0.0.1:50051"  # host:port; port 0 picks a free one
+    store_url: str = "llc-jobs.sqlite"  # a SQLite path, sqlite:///path or postgresql://...
+    store_schema: str = "llc"  # PostgreSQL schema of the tables
+    ray_dashboard_url: str = ""  # Ray's job API, e.g. http://127.0.0.1:8265
+    token: str = ""  # bearer token; empty = no authentication
+    tls_cert: str = ""  # PEM files; both set = TLS
+    tls_key: str = ""
+    max_request_bytes: int = 1 << 20
+    max_chains: int = 256
+    max_total_draws: int = 10_000_000  # draws x chains x restrictions of one estimate
+    max_restrictions: int = 512
+    max_active_per_client: int = 16  # queued or running estimates per client id
+    max_page_size: int = 500
+    check_local_paths: bool = True  # the front end sees the cluster's files (embedded default)
+    driver_python: str = sys.executable
+    driver_env: dict[str, str] = field(default_factory=dict)
+    watch_poll_s: float = 2.0  # watchers re-read the store this often besides being woken
+    submit_retry_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgument(f"address {self.address!r} must be host:port, e.g. 127.0.0.1:50051 (port 0 = any free)")
+        if not self.ray_dashboard_url.startswith(("http://", "https://")):
+            raise InvalidArgument(f"ray_dashboard_url {self.ray_dashboard_url!r} must be Ray's job API URL, "
+                                  "e.g. http://127.0.0.1:8265 (--ray-dashboard or RAY_DASHBOARD_ADDRESS)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("TLS needs both --tls-cert and --tls-key (PEM files)")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not os.path.isfile(path):
+                raise InvalidArgument(f"TLS file {path!r} does not exist")
+        for name in ("max_request_bytes", "max_chains", "max_total_draws", "max_restrictions",
+                     "max_active_per_client", "max_page_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {getattr(self, name)!r}")

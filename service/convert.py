@@ -1,0 +1,263 @@
+"""llc.v1 messages ↔ the job spec (cluster.spec) and result document (docs/architecture.md).
+
+Unset optional fields are left out of the spec dict, so the engine's defaults apply.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from llc.v1 import llc_pb2 as pb
+
+from service.states import JobState
+from service.store import JobRecord, StoredEvent
+
+DTYPES = {pb.DTYPE_AUTO: "auto", pb.DTYPE_FLOAT32: "float32", pb.DTYPE_BFLOAT16: "bfloat16",
+          pb.DTYPE_FLOAT16: "float16"}
+SELECTOR_KINDS = {pb.SELECTOR_KIND_PATTERN: "pattern", pb.SELECTOR_KIND_REGEX: "regex", pb.SELECTOR_KIND_LAYER: "layer",
+                  pb.SELECTOR_KIND_HEAD: "head", pb.SELECTOR_KIND_ATTENTION: "attention", pb.SELECTOR_KIND_MLP: "mlp",
+                  pb.SELECTOR_KIND_EMBEDDING: "embedding", pb.SELECTOR_KIND_UNEMBEDDING: "unembedding",
+                  pb.SELECTOR_KIND_ALL: "all"}
+METHODS = {pb.SAMPLER_METHOD_SGLD: "sgld", pb.SAMPLER_METHOD_RMSPROP_SGLD: "rmsprop_sgld"}
+INIT_LOSS = {pb.INIT_LOSS_MODE_AUTO: "auto", pb.INIT_LOSS_MODE_FULL: "full", pb.INIT_LOSS_MODE_PAIRED: "paired"}
+CHAIN_STATES = {"succeeded": pb.CHAIN_STATE_SUCCEEDED, "diverged": pb.CHAIN_STATE_DIVERGED,
+                "failed": pb.CHAIN_STATE_FAILED, "retrying": pb.CHAIN_STATE_RETRYING}
+JOB_STATES = {JobState.QUEUED: pb.ESTIMATE_STATE_QUEUED, JobState.RUNNING: pb.ESTIMATE_STATE_RUNNING,
+              JobState.SUCCEEDED: pb.ESTIMATE_STATE_SUCCEEDED, JobState.FAILED: pb.ESTIMATE_STATE_FAILED,
+              JobState.CANCELLED: pb.ESTIMATE_STATE_CANCELLED}
+PROTO_JOB_STATES = {v: k for k, v in JOB_STATES.items()}
+
+
+def _invert(table: dict) -> dict:
+    return {v: k for k, v in table.items()}
+
+
+def _enum(table: dict, value: int, out: dict, key: str, field: str) -> None:
+    """Sets out[key] from an enum value; UNSPECIFIED leaves the default. Unknown numbers
+    (a newer client) pass through as text so the spec check names the field."""
+    if value == 0:
+        return
+    out[key] = table.get(value, f"<unknown enum value {value} of {field}>")
+
+
+def _optional(msg: Any, names: tuple[str, ...], out: dict) -> None:
+    for name in names:
+        if msg.HasField(name):
+            out[name] = getattr(msg, name)
+
+
+# ------------------------------------------------------------------ request → spec
+def model_to_dict(m: pb.ModelRef) -> dict[str, Any]:
+    out: dict[str, Any] = {"revision": m.revision, "trust_remote_code": m.trust_remote_code}
+    source = m.WhichOneof("source")
+    if source:
+        out[source] = getattr(m, source)
+    _enum(DTYPES, m.dtype, out, "dtype", "model.dtype")
+    return out
+
+
+def dataset_to_dict(d: pb.DatasetRef) -> dict[str, Any]:
+    out: dict[str, Any] = {"hub_id": d.hub_id, "config": d.config, "revision": d.revision, "files": list(d.files),
+                           "file_format": d.file_format, "input_ids_column": d.input_ids_column,
+                           "max_examples": d.max_examples, "shuffle_seed": d.shuffle_seed}
+    _optional(d, ("split", "text_column", "context_length", "packing"), out)
+    return out
+
+
+def restriction_to_dict(r: pb.Restriction) -> dict[str, Any]:
+    weights = []
+    for w in r.weights:
+        sel: dict[str, Any] = {"pattern": w.pattern}
+        _enum(SELECTOR_KINDS, w.kind, sel, "kind", "weights.kind")
+        _optional(w, ("layer", "head"), sel)
+        weights.append(sel)
+    out: dict[str, Any] = {"name": r.name, "weights": weights}
+    if r.HasField("dataset"):
+        out["dataset"] = dataset_to_dict(r.dataset)
+    return out
+
+
+def sampler_to_dict(s: pb.SamplerSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _optional(s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
+                  "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every"), out)
+    _enum(METHODS, s.method, out, "method", "sampler.method")
+    _enum(INIT_LOSS, s.init_loss, out, "init_loss", "sampler.init_loss")
+    _enum(DTYPES, s.dtype, out, "dtype", "sampler.dtype")
+    return out
+
+
+def spec_to_dict(spec: pb.EstimateSpec, job_id: str) -> dict[str, Any]:
+    """The JobSpec dict for `spec` (validate it with JobSpec.from_dict)."""
+    out: dict[str, Any] = {"job_id": job_id, "model": model_to_dict(spec.model), "dataset": dataset_to_dict(spec.dataset),
+                           "sampler": sampler_to_dict(spec.sampler), "restrictions": [restriction_to_dict(r) for r in spec.restrictions]}
+    compute: dict[str, Any] = {}
+    _optional(spec.compute, ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s"), compute)
+    out["compute"] = compute
+    if spec.HasField("batch_size"):
+        out["batch_size"] = spec.batch_size
+    return out
+
+
+# ------------------------------------------------------------------ spec → message (echo)
+def _set(msg: Any, data: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        if name in data and data[name] is not None:
+            setattr(msg, name, data[name])
+
+
+def dataset_from_dict(d: dict[str, Any], msg: pb.DatasetRef) -> None:
+    _set(msg, d, ("hub_id", "config", "split", "revision", "file_format", "text_column", "input_ids_column",
+                  "context_length", "max_examples", "shuffle_seed", "packing"))
+    msg.files.extend(d.get("files") or [])
+
+
+def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
+    spec = pb.EstimateSpec()
+    m = d.get("model") or {}
+    _set(spec.model, m, ("revision", "trust_remote_code"))
+    if m.get("hub_id"):
+        spec.model.hub_id = m["hub_id"]
+    elif m.get("local_path"):
+        spec.model.local_path = m["local_path"]
+    spec.model.dtype = _invert(DTYPES).get(m.get("dtype", ""), 0)
+    dataset_from_dict(d.get("dataset") or {}, spec.dataset)
+    for r in d.get("restrictions") or []:
+        rm = spec.restrictions.add(name=r.get("name", ""))
+        for w in r.get("weights") or []:
+            wm = rm.weights.add(kind=_invert(SELECTOR_KINDS).get(w.get("kind", "pattern"), 0), pattern=w.get("pattern", ""))
+            if w.get("layer", -1) >= 0:
+                wm.layer = w["layer"]
+            if w.get("head", -1) >= 0:
+                wm.head = w["head"]
+        if r.get("dataset"):
+            dataset_from_dict(r["dataset"], rm.dataset)
+    s = d.get("sampler") or {}
+    _set(spec.sampler, s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
+                           "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every"))
+    spec.sampler.method = _invert(METHODS).get(s.get("method", ""), 0)
+    spec.sampler.init_loss = _invert(INIT_LOSS).get(s.get("init_loss", ""), 0)
+    spec.sampler.dtype = _invert(DTYPES).get(s.get("dtype", ""), 0)
+    _set(spec.compute, d.get("compute") or {}, ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s"))
+    if "batch_size" in d:
+        spec.batch_size = d["batch_size"]
+    return spec
+
+
+# ------------------------------------------------------------------ results
+def _num(x: Any) -> float:
+    """JSON null (a missing diagnostic) → NaN; proto doubles carry NaN fine."""
+    return math.nan if x is None else float(x)
+
+
+def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    json_format.ParseDict(_jsonable(data), s)
+    return s
+
+
+def _jsonable(x: Any) -> Any:
+    """Struct has no NaN/inf in JSON form; make them strings ('NaN') so provenance survives."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def chain_from_dict(c: dict[str, Any]) -> pb.Chain:
+    return pb.Chain(chain=int(c.get("chain", 0)), seed=int(c.get("seed") or 0), llc=_num(c.get("llc")),
+                    state=CHAIN_STATES.get(c.get("status", ""), pb.CHAIN_STATE_UNSPECIFIED),
+                    loss_trace=[_num(x) for x in c.get("loss_trace") or []],
+                    mala_acceptance=_num(c.get("mala_acceptance")), frac_below_init=_num(c.get("frac_below_init")),
+                    steps=int(c.get("steps") or 0), message=c.get("message") or "", attempts=int(c.get("attempts") or 0))
+
+
+def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
+    diag = r.get("diagnostics") or {}
+    return pb.RestrictionResult(
+        name=r.get("name", ""), llc_mean=_num(r.get("llc_mean")), llc_std=_num(r.get("llc_std")),
+        llc_per_chain=[_num(x) for x in r.get("llc_per_chain") or []], init_loss=_num(r.get("init_loss")),
+        loss_traces=[pb.LossTrace(losses=[_num(x) for x in t]) for t in r.get("loss_traces") or []],
+        diagnostics=pb.Diagnostics(rhat=_num(diag.get("rhat")), ess=_num(diag.get("ess")),
+                                   mala_acceptance=_num(diag.get("mala_acceptance")),
+                                   frac_below_init=_num(diag.get("frac_below_init")),
+                                   diverged_chains=[int(i) for i in diag.get("diverged_chains") or []]),
+        warnings=list(r.get("warnings") or []), chains=[chain_from_dict(c) for c in r.get("chains") or []],
+        moved_tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
+                                      elements=int(t.get("elements") or 0)) for t in r.get("moved_tensors") or []],
+        moved_elements=int(r.get("moved_elements") or 0), config=_struct(r.get("config") or {}))
+
+
+def result_from_dict(doc: dict[str, Any]) -> pb.EstimateResult:
+    return pb.EstimateResult(restrictions=[restriction_result_from_dict(r) for r in doc.get("restrictions") or []],
+                             provenance=_struct(doc.get("provenance") or {}), warnings=list(doc.get("warnings") or []))
+
+
+# ------------------------------------------------------------------ estimates and events
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp | None:
+    if not seconds:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def progress_to_proto(progress: dict[str, Any]) -> pb.EstimateProgress:
+    return pb.EstimateProgress(
+        chains_total=int(progress.get("chains_total", 0)), chains_finished=int(progress.get("chains_finished", 0)),
+        steps_done=int(progress.get("steps_done", 0)), steps_total=int(progress.get("steps_total", 0)),
+        fraction=float(progress.get("fraction", 0.0)),
+        restrictions=[pb.RestrictionProgress(restriction=r["restriction"], chains_total=r["chains_total"],
+                                             chains_finished=r["chains_finished"], llc_running=_num(r.get("llc_running")))
+                      for r in progress.get("restrictions", [])])
+
+
+def estimate_to_proto(rec: JobRecord) -> pb.Estimate:
+    est = pb.Estimate(estimate_id=rec.id, request_id=rec.request_id, owner=rec.owner, state=JOB_STATES[rec.state],
+                      spec=spec_from_dict(rec.spec), progress=progress_to_proto(rec.progress), last_seq=rec.last_seq,
+                      ray_submission_id=rec.submission_id)
+    for name, seconds in (("create_time", rec.created_at), ("start_time", rec.started_at), ("end_time", rec.ended_at)):
+        ts = timestamp(seconds)
+        if ts is not None:
+            getattr(est, name).CopyFrom(ts)
+    if rec.result is not None:
+        est.result.CopyFrom(result_from_dict(rec.result))
+    if rec.error_code or rec.error_message:
+        est.error.CopyFrom(pb.EstimateError(code=rec.error_code, message=rec.error_message))
+    return est
+
+
+def event_to_proto(stored: StoredEvent) -> pb.WatchEstimateResponse | None:
+    """A watch message for a driver event; None for `result`/`error`, which reach
+    watchers as the terminal snapshot."""
+    e = stored.event
+    msg = pb.WatchEstimateResponse(seq=stored.seq)
+    ts = timestamp(float(e.get("time") or 0))
+    if ts is not None:
+        msg.time.CopyFrom(ts)
+    kind = e.get("type")
+    if kind == "started":
+        msg.started.CopyFrom(pb.StartedEvent(chains_total=int(e.get("chains_total") or 0),
+                                             restrictions=list(e.get("restrictions") or [])))
+    elif kind == "progress":
+        msg.progress.CopyFrom(pb.ChainProgressEvent(restriction=e.get("restriction", ""), chain=int(e.get("chain", 0)),
+                                                    step=int(e.get("step", 0)), total_steps=int(e.get("total_steps", 0)),
+                                                    llc_running=_num(e.get("llc_running"))))
+    elif kind == "chain":
+        msg.chain.CopyFrom(pb.ChainStatusEvent(restriction=e.get("restriction", ""), chain=int(e.get("chain", 0)),
+                                               state=CHAIN_STATES.get(e.get("status", ""), 0), llc=_num(e.get("llc")),
+                                               attempt=int(e.get("attempt") or 0), message=e.get("message") or ""))
+    elif kind == "preview":
+        preview = msg.preview
+        for r in e.get("restrictions") or []:
+            preview.restrictions.add(name=r.get("name", ""), elements=int(r.get("elements") or 0),
+                                     tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
+                                                             elements=int(t.get("elements") or 0))
+                                              for t in r.get("tensors") or []])
+    else:
+        return None
+    return msg

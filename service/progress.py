@@ -1,0 +1,59 @@
+"""An estimate's progress, folded from its driver's events (stored as JSON with the job)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cluster.engine.config import SamplerConfig
+
+FINISHED = ("succeeded", "diverged", "failed")
+
+
+def initial(spec: dict[str, Any]) -> dict[str, Any]:
+    sampler = SamplerConfig.from_dict(spec.get("sampler") or {})
+    names = [r.get("name", "full") for r in spec.get("restrictions") or [{"name": "full"}]]
+    units = len(names) * sampler.chains
+    return {"chains_total": units, "chains_finished": 0, "steps_done": 0, "steps_total": units * sampler.total_steps,
+            "steps_per_chain": sampler.total_steps, "fraction": 0.0, "units": {},
+            "restrictions": [{"restriction": n, "chains_total": sampler.chains, "chains_finished": 0,
+                              "llc_running": None} for n in names]}
+
+
+def apply(progress: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """Updates `progress` (in place, and returns it) with one `progress` or `chain` event."""
+    kind = event.get("type")
+    if kind not in ("progress", "chain"):
+        return progress
+    key = f"{event.get('restriction', '')}|{event.get('chain', 0)}"
+    unit = progress["units"].setdefault(key, {"step": 0, "llc": None, "done": False})
+    if kind == "progress":
+        unit["step"] = max(unit["step"], int(event.get("step") or 0))
+        unit["llc"] = event.get("llc_running")
+    elif event.get("status") in FINISHED:
+        unit["done"] = True
+        unit["step"] = progress["steps_per_chain"]
+        if event.get("llc") is not None:
+            unit["llc"] = event["llc"]
+    _summarise(progress)
+    return progress
+
+
+def finish(progress: dict[str, Any]) -> dict[str, Any]:
+    """A succeeded estimate is complete whatever events a restart missed."""
+    progress.update(chains_finished=progress["chains_total"], steps_done=progress["steps_total"], fraction=1.0)
+    for r in progress["restrictions"]:
+        r["chains_finished"] = r["chains_total"]
+    return progress
+
+
+def _summarise(progress: dict[str, Any]) -> None:
+    units = progress["units"]
+    progress["steps_done"] = min(progress["steps_total"], sum(u["step"] for u in units.values()))
+    progress["chains_finished"] = sum(u["done"] for u in units.values())
+    total = progress["steps_total"]
+    progress["fraction"] = progress["steps_done"] / total if total else 0.0
+    for r in progress["restrictions"]:
+        mine = [u for k, u in units.items() if k.rsplit("|", 1)[0] == r["restriction"]]
+        r["chains_finished"] = sum(u["done"] for u in mine)
+        llcs = [u["llc"] for u in mine if isinstance(u["llc"], (int, float)) and math.isfinite(u["llc"])]
+        r["llc_running"] = sum(llcs) / len(llcs) if llcs else None

@@ -1,0 +1,167 @@
+"""The llc.v1.LLCService implementation. Raises domain errors; the error interceptor maps them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from typing import AsyncIterator
+
+import grpc
+from llc.v1 import llc_pb2 as pb
+from llc.v1 import llc_pb2_grpc
+
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from cluster.spec import JobSpec
+from service import convert
+from service import progress as progress_mod
+from service.config import ServerConfig
+from service.identity import client_id
+from service.notify import JobNotifier
+from service.runner import RayJobRunner
+from service.store import JobRecord, JobStore
+
+
+def fingerprint(spec: dict) -> str:
+    """Identifies a request's content (everything but the server-chosen job id)."""
+    body = {k: v for k, v in spec.items() if k != "job_id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
+    def __init__(self, config: ServerConfig, store: JobStore, runner: RayJobRunner, notifier: JobNotifier):
+        self.config, self.store, self.runner, self.notifier = config, store, runner, notifier
+
+    # -------------------------------------------------------------- helpers
+    def _job(self, estimate_id: str) -> JobRecord:
+        if not estimate_id:
+            raise InvalidArgument("estimate_id is empty; pass the id CreateEstimate returned (see ListEstimates)")
+        rec = self.store.get(estimate_id)
+        if rec is None:
+            raise NotFound(f"no estimate {estimate_id!r}; list existing ones with ListEstimates (`llc jobs`)")
+        return rec
+
+    def _check_limits(self, spec: JobSpec) -> None:
+        c = self.config
+        chains, draws, n = spec.sampler.chains, spec.sampler.draws, len(spec.restrictions)
+        if chains > c.max_chains:
+            raise InvalidArgument(f"spec.sampler.chains: {chains} is more than this server allows ({c.max_chains}); "
+                                  "lower it or start the server with a higher --max-chains")
+        if n > c.max_restrictions:
+            raise InvalidArgument(f"spec.restrictions: {n} restrictions is more than this server allows "
+                                  f"({c.max_restrictions}); split them over several estimates")
+        if draws * chains * n > c.max_total_draws:
+            raise InvalidArgument(f"spec.sampler.draws: draws x chains x restrictions = {draws} x {chains} x {n} = "
+                                  f"{draws * chains * n} is more than this server allows ({c.max_total_draws}); "
+                                  "lower draws or chains, or raise --max-total-draws")
+
+    def _check_paths(self, spec: JobSpec) -> None:
+        if not self.config.check_local_paths:
+            return
+        m = spec.model.local_path
+        if m and not os.path.isfile(os.path.join(m, "config.json")):
+            what = "does not exist" if not os.path.exists(m) else "has no config.json"
+            raise NotFound(f"spec.model.local_path: {m!r} {what}; give a directory saved with save_pretrained "
+                           "(or a hub id in spec.model.hub_id)")
+        datasets = [("spec.dataset", spec.dataset)] + [
+            (f"spec.restrictions[{i}].dataset", r.dataset) for i, r in enumerate(spec.restrictions) if r.dataset]
+        for where, ds in datasets:
+            for j, path in enumerate(ds.files):
+                if not os.path.exists(path):
+                    raise NotFound(f"{where}.files[{j}]: {path!r} does not exist; give a jsonl/json/parquet/text/csv "
+                                   "file the cluster can read")
+
+    # -------------------------------------------------------------- RPCs
+    async def CreateEstimate(self, request: pb.CreateEstimateRequest, context: grpc.aio.ServicerContext):
+        size = request.ByteSize()
+        if size > self.config.max_request_bytes:
+            raise ResourceExhausted(f"the request is {size} bytes; this server accepts at most "
+                                    f"{self.config.max_request_bytes} (--max-request-bytes): list fewer files or restrictions")
+        owner = client_id(context)
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is missing: give at least spec.model and spec.dataset")
+        job_id = "est-" + uuid.uuid4().hex[:16]
+        spec = JobSpec.from_dict(convert.spec_to_dict(request.spec, job_id))
+        spec_dict = spec.to_dict()
+        fp = fingerprint(spec_dict)
+        if request.request_id:
+            if len(request.request_id) > 128:
+                raise InvalidArgument("request_id is longer than 128 characters; use a UUID")
+            existing = self.store.find_by_request(owner, request.request_id)
+            if existing is not None:
+                return self._existing(existing, fp, request.request_id)
+        self._check_limits(spec)
+        self._check_paths(spec)
+        active = self.store.count_active(owner)
+        if active >= self.config.max_active_per_client:
+            raise ResourceExhausted(f"client {owner!r} already has {active} estimates queued or running (limit "
+                                    f"{self.config.max_active_per_client}); wait for one to finish or cancel one")
+        await self.runner.ensure_available()
+        # From here on there is no await before the job is both stored and started, so a
+        # client deadline that cancels this handler leaves either nothing or a running job.
+        rec, created = self.store.create(JobRecord(
+            id=job_id, owner=owner, request_id=request.request_id, fingerprint=fp,
+            spec_json=json.dumps(spec_dict, sort_keys=True),
+            progress_json=json.dumps(progress_mod.initial(spec_dict))))
+        if not created:
+            return self._existing(rec, fp, request.request_id)
+        self.runner.start(rec.id)
+        return pb.CreateEstimateResponse(estimate=convert.estimate_to_proto(rec), created=True)
+
+    def _existing(self, rec: JobRecord, fp: str, request_id: str) -> pb.CreateEstimateResponse:
+        if rec.fingerprint != fp:
+            raise FailedPrecondition(f"request_id {request_id!r} was already used for estimate {rec.id} with a "
+                                     "different spec; use a new request_id for a new estimate")
+        return pb.CreateEstimateResponse(estimate=convert.estimate_to_proto(rec), created=False)
+
+    async def GetEstimate(self, request: pb.GetEstimateRequest, context):
+        return pb.GetEstimateResponse(estimate=convert.estimate_to_proto(self._job(request.estimate_id)))
+
+    async def ListEstimates(self, request: pb.ListEstimatesRequest, context):
+        size = request.page_size or 50
+        if not 1 <= size <= self.config.max_page_size:
+            raise InvalidArgument(f"page_size must be in [1, {self.config.max_page_size}] (0 = 50), got {request.page_size}")
+        states = []
+        for s in request.states:
+            if s not in convert.PROTO_JOB_STATES:
+                raise InvalidArgument(f"states: {s} is not an estimate state; use QUEUED, RUNNING, SUCCEEDED, "
+                                      "FAILED or CANCELLED")
+            states.append(convert.PROTO_JOB_STATES[s])
+        records, token = self.store.list(states=states, page_size=size, page_token=request.page_token)
+        return pb.ListEstimatesResponse(estimates=[convert.estimate_to_proto(r) for r in records], next_page_token=token)
+
+    async def CancelEstimate(self, request: pb.CancelEstimateRequest, context):
+        rec = self._job(request.estimate_id)
+        if rec.state.is_terminal:
+            raise FailedPrecondition(f"estimate {rec.id} already ended ({rec.state.value}); there is nothing to cancel")
+        done = await self.runner.cancel(rec, reason=f"cancelled by client {client_id(context)!r}")
+        rec = self._job(rec.id)
+        if done is None and rec.state.value != "CANCELLED":
+            raise FailedPrecondition(f"estimate {rec.id} ended ({rec.state.value}) before it could be cancelled")
+        return pb.CancelEstimateResponse(estimate=convert.estimate_to_proto(rec))
+
+    async def WatchEstimate(self, request: pb.WatchEstimateRequest, context) -> AsyncIterator[pb.WatchEstimateResponse]:
+        rec = self._job(request.estimate_id)
+        after = request.after_seq if request.HasField("after_seq") else rec.last_seq
+        if after < -1:
+            raise InvalidArgument(f"after_seq must be >= -1 (-1 = from the first event), got {after}")
+        yield pb.WatchEstimateResponse(seq=rec.last_seq, snapshot=convert.estimate_to_proto(rec))
+        last_state = rec.state
+        while not last_state.is_terminal:
+            wake = self.notifier.waiter(rec.id)
+            rec = self._job(rec.id)  # read the state before the events: every event behind it is sent
+            for stored in self.store.events(rec.id, after):
+                after = stored.seq
+                msg = convert.event_to_proto(stored)
+                if msg is not None:
+                    yield msg
+            if rec.state != last_state:
+                last_state = rec.state
+                yield pb.WatchEstimateResponse(seq=max(after, rec.last_seq), snapshot=convert.estimate_to_proto(rec))
+            if not last_state.is_terminal:
+                await self.notifier.wait(wake, self.config.watch_poll_s)
+
+    async def PreviewRestrictions(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "PreviewRestrictions is not implemented yet; submit a short estimate (draws=1) and read "
+                            "moved_tensors of each restriction in its result")
