@@ -131,14 +131,21 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
     except OSError as exc:
         raise NotFound(f"model {source!r}: cannot read its config: {exc}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=_torch_dtype(ref.dtype), trust_remote_code=ref.trust_remote_code,
-            config=config)
+            config=config, output_loading_info=True)
     except ValueError as exc:
         raise InvalidArgument(f"model {source!r} ({config.model_type}) is not a causal language model that "
                               f"AutoModelForCausalLM can load: {exc}") from None
     except OSError as exc:
         raise NotFound(f"model {source!r}: cannot load its weights: {exc}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # Newly initialised weights: the LLC would describe a random model, not the checkpoint.
+        raise InvalidArgument(
+            f"model {source!r} ({config.model_type}) lacks {len(missing)} weights that "
+            f"{type(model).__name__} needs (e.g. {missing[:3]}): it is not a causal language model checkpoint. "
+            "Give a model saved with its language-modelling head (AutoModelForCausalLM)")
     model.to(device)
     model.eval()
     model.requires_grad_(False)
