@@ -202,7 +202,10 @@ class RayJobRunner:
                 self.store.set_progress(job_id, progress_mod.finish(prog))
                 self.store.transition(job_id, JobState.SUCCEEDED, result=event.get("result") or {})
             elif event.get("type") == "error":
-                self.store.transition(job_id, JobState.FAILED, error_code=str(event.get("code") or "INTERNAL"),
+                code = str(event.get("code") or "INTERNAL")
+                # The driver reports CANCELLED when its Ray job is stopped (by us or anyone else).
+                state = JobState.CANCELLED if code == "CANCELLED" else JobState.FAILED
+                self.store.transition(job_id, state, error_code=code,
                                       error_message=str(event.get("message") or "the driver reported an error"))
         self.notifier.notify(job_id)
 

@@ -211,9 +211,23 @@ class Event(_Doc):
         if kind == "snapshot":
             est = Estimate.from_proto(m.snapshot)
             return cls(m.seq, kind, t, {"state": est.state}, est)
-        data = json_format.MessageToDict(getattr(m, kind), preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True) if kind else {}
-        return cls(m.seq, kind, t, data)
+        return cls(m.seq, kind, t, message_dict(getattr(m, kind)) if kind else {})
+
+
+def message_dict(msg) -> dict[str, Any]:
+    """Every field with its Python value (MessageToDict would turn int64s into strings)."""
+    out: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        repeated = fd.label == fd.LABEL_REPEATED
+        if fd.message_type is not None:
+            out[fd.name] = [message_dict(v) for v in value] if repeated else message_dict(value)
+        elif fd.enum_type is not None:
+            names = lambda v: fd.enum_type.values_by_number[v].name if v in fd.enum_type.values_by_number else v  # noqa: E731
+            out[fd.name] = [names(v) for v in value] if repeated else names(value)
+        else:
+            out[fd.name] = list(value) if repeated else value
+    return out
 
 
 def _pandas():
