@@ -71,9 +71,16 @@ def _load_raw(ref: DatasetRef) -> tuple[Any, dict]:
     if ref.files:
         files = _expand_files(ref)
         fmt = _file_format(ref, files)
+        empty = f"dataset.files {files} are empty; give files with at least one example"
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise InvalidArgument(empty)
         try:
             ds = datasets.load_dataset(fmt, data_files=files, split="train")
+        except StopIteration:  # datasets' json reader on files with no records
+            raise InvalidArgument(empty) from None
         except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+            if "corresponds to no data" in str(exc):
+                raise InvalidArgument(empty) from None
             raise InvalidArgument(f"dataset.files: cannot read {files} as {fmt}: {exc}; fix the files or set "
                                   "dataset.file_format") from None
         return ds, {"files": [str(Path(f).resolve()) for f in files], "file_format": fmt}
