@@ -11,13 +11,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DTYPE_UNSPECIFIED: _ClassVar[DType]
-    DTYPE_AUTO: _ClassVar[DType]
-    DTYPE_FLOAT32: _ClassVar[DType]
-    DTYPE_BFLOAT16: _ClassVar[DType]
-    DTYPE_FLOAT16: _ClassVar[DType]
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_AUTO: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_BFLOAT16: _ClassVar[Dtype]
+    DTYPE_FLOAT16: _ClassVar[Dtype]
 
 class SelectorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -61,11 +61,11 @@ class ChainState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHAIN_STATE_DIVERGED: _ClassVar[ChainState]
     CHAIN_STATE_FAILED: _ClassVar[ChainState]
     CHAIN_STATE_RETRYING: _ClassVar[ChainState]
-DTYPE_UNSPECIFIED: DType
-DTYPE_AUTO: DType
-DTYPE_FLOAT32: DType
-DTYPE_BFLOAT16: DType
-DTYPE_FLOAT16: DType
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_AUTO: Dtype
+DTYPE_FLOAT32: Dtype
+DTYPE_BFLOAT16: Dtype
+DTYPE_FLOAT16: Dtype
 SELECTOR_KIND_UNSPECIFIED: SelectorKind
 SELECTOR_KIND_PATTERN: SelectorKind
 SELECTOR_KIND_REGEX: SelectorKind
@@ -105,9 +105,9 @@ class ModelRef(_message.Message):
     hub_id: str
     local_path: str
     revision: str
-    dtype: DType
+    dtype: Dtype
     trust_remote_code: bool
-    def __init__(self, hub_id: _Optional[str] = ..., local_path: _Optional[str] = ..., revision: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...
+    def __init__(self, hub_id: _Optional[str] = ..., local_path: _Optional[str] = ..., revision: _Optional[str] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...
 
 class DatasetRef(_message.Message):
     __slots__ = ("hub_id", "config", "split", "revision", "files", "file_format", "text_column", "input_ids_column", "context_length", "max_examples", "shuffle_seed", "packing")
@@ -188,12 +188,12 @@ class SamplerSettings(_message.Message):
     seed: int
     init_loss: InitLossMode
     init_loss_batches: int
-    dtype: DType
+    dtype: Dtype
     rmsprop_alpha: float
     rmsprop_eps: float
     mala: bool
     fetch_every: int
-    def __init__(self, step_size: _Optional[float] = ..., nbeta: _Optional[float] = ..., gamma: _Optional[float] = ..., method: _Optional[_Union[SamplerMethod, str]] = ..., chains: _Optional[int] = ..., burn_in: _Optional[int] = ..., draws: _Optional[int] = ..., steps_between_draws: _Optional[int] = ..., seed: _Optional[int] = ..., init_loss: _Optional[_Union[InitLossMode, str]] = ..., init_loss_batches: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., rmsprop_alpha: _Optional[float] = ..., rmsprop_eps: _Optional[float] = ..., mala: _Optional[bool] = ..., fetch_every: _Optional[int] = ...) -> None: ...
+    def __init__(self, step_size: _Optional[float] = ..., nbeta: _Optional[float] = ..., gamma: _Optional[float] = ..., method: _Optional[_Union[SamplerMethod, str]] = ..., chains: _Optional[int] = ..., burn_in: _Optional[int] = ..., draws: _Optional[int] = ..., steps_between_draws: _Optional[int] = ..., seed: _Optional[int] = ..., init_loss: _Optional[_Union[InitLossMode, str]] = ..., init_loss_batches: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rmsprop_alpha: _Optional[float] = ..., rmsprop_eps: _Optional[float] = ..., mala: _Optional[bool] = ..., fetch_every: _Optional[int] = ...) -> None: ...
 
 class ComputeSettings(_message.Message):
     __slots__ = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s")
