@@ -186,3 +186,20 @@ def test_split_rhat_and_ess_on_known_processes():
     assert effective_sample_size(x) == pytest.approx(16000 * 0.1 / 1.9, rel=0.3)
     with pytest.raises(ValueError, match="at least 4 draws"):
         split_rhat(iid[:, :3])
+
+
+def test_concurrent_workers_give_the_same_chains():
+    model, _ = _regression()
+    x = torch.randn(256, 6, generator=torch.Generator().manual_seed(3))
+    y = model(x).detach()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    config = SamplerConfig(**{**FAST, "chains": 4})
+    one = estimate_llc(model, mse, loader, config)
+    two = estimate_llc(model, mse, loader, config, workers=2)
+    # equal up to the rounding of reductions split over fewer intra-op threads
+    np.testing.assert_allclose(one.llc_per_chain, two.llc_per_chain, rtol=1e-9)
+    np.testing.assert_allclose([c.loss_trace for c in one.chains], [c.loss_trace for c in two.chains], rtol=1e-9)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ConfigError, match="workers"):
+        estimate_llc(model, mse, loader, config, workers=0)

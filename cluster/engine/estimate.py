@@ -8,7 +8,12 @@ checked and progress reported.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import itertools
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -158,14 +163,26 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
-def _cycle(batches: Iterable):
-    while True:
-        empty = True
-        for b in batches:
-            empty = False
-            yield b
-        if empty:
+# The global torch RNG is process-wide; iterators that shuffle with it (a DataLoader
+# draws its shuffling seed at the first next()) are started under this lock, right
+# after seeding it from the chain's seed, so concurrent chains stay deterministic.
+_ITER_LOCK = threading.Lock()
+
+
+def _batch_stream(batches: Iterable, seed: int):
+    """Cycle through `batches`; each pass is shuffled as the chain seed says."""
+    for epoch in itertools.count():
+        with _ITER_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(chain_seed(seed, epoch))
+            it = iter(batches)
+            first = next(it, _EMPTY)
+        if first is _EMPTY:
             raise ConfigError("batches", "the sampling set is empty: give at least one batch")
+        yield first
+        yield from it
+
+
+_EMPTY = object()
 
 
 def estimate_llc(
@@ -178,6 +195,7 @@ def estimate_llc(
     chains: Sequence[int] | None = None,
     init_loss: float | None = None,
     progress: Callable[[ChainProgress], None] | None = None,
+    workers: int = 1,
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -192,8 +210,15 @@ def estimate_llc(
             derive from (config.seed, index) so a subset run elsewhere gives the
             same per-chain values.
         init_loss: L(w*) if already known (saves a pass over the data).
-        progress: called every `config.fetch_every` steps of each chain.
+        progress: called every `config.fetch_every` steps of each chain (from the
+            worker's thread when workers > 1).
+        workers: run chains concurrently in this many threads, each on its own copy
+            of the model (torch's intra-op threads are split between them, and on
+            CUDA each gets its own stream). Pays for small models, whose single
+            chain cannot keep every core busy. Results do not depend on it.
     """
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError("workers", f"must be an integer >= 1, got {workers!r}")
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
     moving = _resolve_moving(model, params)
@@ -207,18 +232,48 @@ def estimate_llc(
     with _moving_only(model, moving):
         if mode == "full" and init_loss is None:
             init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
-        results = [
-            _run_chain(model, loss_fn, batches, config, moving, i, init_loss if mode == "full" else None, elements,
-                       progress, amp)
-            for i in indices
-        ]
+        run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=config,
+                                init_loss=init_loss if mode == "full" else None, elements=elements,
+                                progress=progress, amp=amp)
+        workers = min(workers, len(indices))
+        if workers == 1:
+            results = [run(model, moving, i) for i in indices]
+        else:
+            results = _run_concurrently(run, model, moving, indices, workers)
     if mode == "paired":
         inits = [v for c in results for v in c.init_trace]
         init_loss = float(np.mean(inits)) if inits else float("nan")
     return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements)
 
 
-def _run_chain(model, loss_fn, batches, config: SamplerConfig, moving, chain: int, init_loss: float | None,
+def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> list[ChainResult]:
+    replicas = [(model, moving)]
+    for _ in range(workers - 1):
+        clone = copy.deepcopy(model)
+        named = dict(clone.named_parameters())
+        replicas.append((clone, [(n, named[n], m) for n, _, m in moving]))
+    device = moving[0][1].device
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+
+    def work(k: int) -> list[ChainResult]:
+        replica, replica_moving = replicas[k]
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            out = [run(replica, replica_moving, i) for i in indices[k::workers]]
+        if stream is not None:
+            stream.synchronize()
+        return out
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llc-chain") as pool:
+            parts = list(pool.map(work, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+    return [r for part in parts for r in part]
+
+
+def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
                elements: int, progress, amp: str) -> ChainResult:
     params = [p for _, p, _ in moving]
     device = params[0].device
@@ -246,42 +301,42 @@ def _run_chain(model, loss_fn, batches, config: SamplerConfig, moving, chain: in
     log_accept = torch.full((total,), float("nan"), device=device) if config.mala else None
     blowup = BLOWUP_FACTOR * max(elements / 2, 1.0) / config.nbeta
     status, message, steps_done = SUCCEEDED, "", 0
-    fetched = np.zeros(0)
-    fetched_inits = np.zeros(0)
+    fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
+    fetched_inits = np.zeros(total) if paired else None
+    stream = _batch_stream(batches, seed)
+    try:
+        for t in range(total):
+            batch = _to_device(next(stream), device)
+            with _autocast(device, amp):
+                loss = loss_fn(model, batch)
+            loss.backward()
+            losses[t] = loss.detach()
+            if paired and is_draw[t]:
+                inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if log_accept is not None and optimizer.last_log_accept is not None and t > config.burn_in:
+                log_accept[t - 1] = optimizer.last_log_accept
+            if (t + 1) % config.fetch_every == 0 or t + 1 == total:
+                block = slice(steps_done, t + 1)
+                fetched[block] = losses[block].cpu().numpy()
+                if paired:
+                    fetched_inits[block] = inits[block].cpu().numpy()
+                steps_done = t + 1
+                reference = fetched_inits[:steps_done] if paired else init_loss
+                status, message = _check_block(fetched[:steps_done], reference, is_draw, blowup, block.start)
+                if status != SUCCEEDED:
+                    break
+                if progress is not None:
+                    progress(ChainProgress(chain, steps_done, total, _llc(fetched[:steps_done], reference, is_draw, config)))
+    finally:
+        with torch.no_grad():  # back to w* for the next chain or restriction
+            anchors = optimizer.anchors()
+            if anchors:
+                torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the batch order (e.g. a shuffling DataLoader) follows the chain seed
-        stream = _cycle(batches)
-        try:
-            for t in range(total):
-                batch = _to_device(next(stream), device)
-                with _autocast(device, amp):
-                    loss = loss_fn(model, batch)
-                loss.backward()
-                losses[t] = loss.detach()
-                if paired and is_draw[t]:
-                    inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if log_accept is not None and optimizer.last_log_accept is not None and t > config.burn_in:
-                    log_accept[t - 1] = optimizer.last_log_accept
-                if (t + 1) % config.fetch_every == 0 or t + 1 == total:
-                    steps_done = t + 1
-                    fetched = losses[:steps_done].cpu().numpy()
-                    if paired:
-                        fetched_inits = inits[:steps_done].cpu().numpy()
-                    status, message = _check_block(fetched, fetched_inits if paired else init_loss, is_draw, blowup, t)
-                    if status != SUCCEEDED:
-                        break
-                    if progress is not None:
-                        progress(ChainProgress(chain, steps_done, total,
-                                               _llc(fetched, fetched_inits if paired else init_loss, is_draw, config)))
-        finally:
-            with torch.no_grad():  # back to w* for the next chain or restriction
-                anchors = optimizer.anchors()
-                if anchors:
-                    torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
-
+    fetched = fetched[:steps_done]
+    fetched_inits = fetched_inits[:steps_done] if paired else None
     draws = is_draw[:steps_done]
     trace = fetched[draws].tolist()
     init_trace = fetched_inits[draws].tolist() if paired else []
@@ -322,10 +377,13 @@ def _llc(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarray, conf
     return float(config.nbeta * np.mean(losses[draws] - ref))
 
 
-def _check_block(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarray, blowup: float, t: int):
-    finite = np.isfinite(losses)
+def _check_block(losses: np.ndarray, init: np.ndarray | float | None, is_draw: np.ndarray, blowup: float,
+                 start: int) -> tuple[str, str]:
+    """Divergence check of the steps fetched since `start`."""
+    block = losses[start:]
+    finite = np.isfinite(block)
     if not finite.all():
-        first = int(np.flatnonzero(~finite)[0])
+        first = start + int(np.flatnonzero(~finite)[0])
         return DIVERGED, (f"loss became {losses[first]} at step {first}: the chain diverged. "
                           "Lower step_size (ε) or raise gamma (γ).")
     if isinstance(init, np.ndarray):
@@ -334,9 +392,8 @@ def _check_block(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarr
     else:
         ref = init
     if ref is not None and math.isfinite(ref):
-        excess = losses - ref
-        worst = int(np.argmax(excess))
-        if excess[worst] > blowup:
-            return DIVERGED, (f"loss {losses[worst]:.4g} at step {worst} is far above L(w*) = {ref:.4g} "
+        worst = int(np.argmax(block))
+        if block[worst] - ref > blowup:
+            return DIVERGED, (f"loss {block[worst]:.4g} at step {start + worst} is far above L(w*) = {ref:.4g} "
                               "(more than any sample of the local posterior): the chain blew up. Lower step_size (ε).")
     return SUCCEEDED, ""
