@@ -219,7 +219,7 @@ def message_dict(msg) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fd in msg.DESCRIPTOR.fields:
         value = getattr(msg, fd.name)
-        repeated = fd.label == fd.LABEL_REPEATED
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
         if fd.message_type is not None:
             out[fd.name] = [message_dict(v) for v in value] if repeated else message_dict(value)
         elif fd.enum_type is not None:

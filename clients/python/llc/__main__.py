@@ -1,0 +1,5 @@
+import sys
+
+from llc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,258 @@
+"""The `llc` command: serve, estimate, jobs, get, watch, cancel, demo. `--json` everywhere.
+
+    llc serve                                   # local Ray + SQLite on 127.0.0.1:50051
+    llc estimate --model ./tiny --dataset train.jsonl --restrict head0=head:0.0 --draws 200
+    llc jobs --state RUNNING ; llc get ID ; llc watch ID ; llc cancel ID
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from llc.errors import EstimateFailed, LLCError
+from llc.requests import RESTRICTION_SYNTAX
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _client(args: argparse.Namespace):
+    from llc.client import Client
+
+    return Client(args.address, token=args.token, tls=args.tls, root_certificates=args.root_cert)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def _estimate_line(e) -> str:
+    llcs = ""
+    if e.result is not None:
+        llcs = " ".join(f"{r.name}={r.llc_mean:.4g}±{r.llc_std:.2g}" for r in e.result.restrictions)
+    elif e.progress.steps_total:
+        llcs = f"{100 * e.progress.fraction:.0f}%"
+    err = f" {e.error_code}: {e.error_message.splitlines()[0]}" if e.error_message else ""
+    return f"{e.id}  {e.state:<9}  {e.create_time[:19]:<19}  {llcs}{err}"
+
+
+# ------------------------------------------------------------------ commands
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from service import serve
+    except ImportError as exc:
+        print(f"error: `llc serve` needs the server package (llc-service, with Ray): {exc}. Install the repository "
+              "with `pip install -e .` (scripts/setup) or run the server elsewhere and point the client at it.",
+              file=sys.stderr)
+        return 2
+    settings = {k: v for k, v in dict(address=args.listen, store_url=args.store, token=args.token or "",
+                                      tls_cert=args.tls_cert, tls_key=args.tls_key, max_chains=args.max_chains,
+                                      max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
+                                      max_active_per_client=args.max_active_per_client).items() if v not in (None, "")}
+    serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from service import demo
+    except ImportError as exc:
+        print(f"error: `llc demo` needs the server package (pip install -e . in the repository): {exc}", file=sys.stderr)
+        return 2
+    return demo.main(chains=args.chains, draws=args.draws, workdir=args.workdir or "", num_cpus=args.num_cpus,
+                     json_out=args.json_out or "")
+
+
+SAMPLER_FLAGS = ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed", "method",
+                 "init_loss", "dtype", "gpus_per_chain", "cpus_per_chain", "batch_size", "context_length",
+                 "max_examples", "text_column")
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    settings = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    try:
+        from llc.requests import estimate_spec
+
+        spec = estimate_spec(args.model, args.dataset, restrictions=args.restrict or [], **settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        est = client.submit(spec=spec, request_id=args.request_id)
+        if args.no_wait:
+            _print_json(est.to_dict()) if args.json else print(est.id)
+            return 0
+        from llc.client import raise_for_state
+        from llc.progress import ProgressBar
+
+        bar = ProgressBar(est.id, enabled=not args.quiet)
+        final = est
+        try:
+            for event in client.watch(est.id):
+                bar.update(event)
+                if event.estimate is not None:
+                    final = event.estimate
+        finally:
+            bar.close()
+        try:
+            result = raise_for_state(final)
+        except EstimateFailed as exc:
+            _print_json(final.to_dict()) if args.json else print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.plots:
+            os.makedirs(args.plots, exist_ok=True)
+            result.plot_loss_traces(os.path.join(args.plots, f"{est.id}-loss-traces.png"))
+            result.plot_llc(os.path.join(args.plots, f"{est.id}-llc.png"))
+        if args.json:
+            _print_json({"estimate_id": est.id, **result.to_dict()})
+        else:
+            print(f"estimate {est.id}")
+            print(result.table())
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        estimates = client.list(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json([e.to_dict() for e in estimates])
+    else:
+        for e in estimates:
+            print(_estimate_line(e))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        e = client.get(args.estimate_id)
+    if args.json:
+        _print_json(e.to_dict())
+    else:
+        print(_estimate_line(e))
+        if e.result is not None:
+            print(e.result.table())
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.json:
+            for event in client.watch(args.estimate_id, after_seq=args.after_seq):
+                print(json.dumps(event.to_dict(), allow_nan=False), flush=True)
+            return 0
+        from llc.progress import ProgressBar
+
+        bar = ProgressBar(args.estimate_id)
+        final = None
+        try:
+            for event in client.watch(args.estimate_id, after_seq=args.after_seq):
+                bar.update(event)
+                final = event.estimate or final
+        finally:
+            bar.close()
+    if final is not None:
+        print(_estimate_line(final))
+    return 0 if final is None or final.state == "SUCCEEDED" else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        e = client.cancel(args.estimate_id)
+    _print_json(e.to_dict()) if args.json else print(_estimate_line(e))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=os.environ.get("LLC_ADDRESS", DEFAULT_ADDRESS),
+                        help="server host:port (default $LLC_ADDRESS or %(default)s)")
+    common.add_argument("--token", default=os.environ.get("LLC_TOKEN"), help="bearer token (default $LLC_TOKEN)")
+    common.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    common.add_argument("--root-cert", help="PEM file of the server's CA (implies --tls)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="llc", description="Local learning coefficient estimation service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", parents=[common], help="run the server (local Ray + SQLite by default)")
+    s.add_argument("--listen", default=os.environ.get("LLC_LISTEN", DEFAULT_ADDRESS), help="host:port to serve on")
+    s.add_argument("--store", default=os.environ.get("LLC_STORE", "llc-jobs.sqlite"),
+                   help="SQLite file or postgresql://user@host:5432/db (default %(default)s)")
+    s.add_argument("--ray-dashboard", help="join this Ray cluster's job API (http://host:8265); default: "
+                   "$RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS, else start a local Ray cluster")
+    s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--max-chains", type=int)
+    s.add_argument("--max-total-draws", type=int)
+    s.add_argument("--max-request-bytes", type=int)
+    s.add_argument("--max-active-per-client", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", parents=[common], help="the whole path offline: local Ray, server, tiny model, estimate")
+    d.add_argument("--chains", type=int, default=2)
+    d.add_argument("--draws", type=int, default=100)
+    d.add_argument("--num-cpus", type=int, default=2)
+    d.add_argument("--workdir", help="keep the model, data and job store here (default: a temporary directory)")
+    d.add_argument("--json-out", help="also write the result document here")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("estimate", parents=[common], help="submit an estimate and follow it to the result")
+    e.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-14m) or a local directory")
+    e.add_argument("--dataset", required=True, help="hub id or a local jsonl/json/parquet/text/csv file")
+    e.add_argument("--restrict", action="append", metavar="NAME=SEL[+SEL][@DATASET]", help=RESTRICTION_SYNTAX)
+    for name, kind in (("step_size", _positive_float), ("nbeta", _positive_float), ("gamma", _positive_float),
+                       ("chains", int), ("burn_in", int), ("draws", int), ("steps_between_draws", int), ("seed", int),
+                       ("method", str), ("init_loss", str), ("dtype", str), ("gpus_per_chain", _positive_float),
+                       ("cpus_per_chain", _positive_float), ("batch_size", int), ("context_length", int),
+                       ("max_examples", int), ("text_column", str)):
+        e.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    e.add_argument("--request-id", help="idempotency key: resubmitting with it returns the same estimate")
+    e.add_argument("--no-wait", action="store_true", help="print the estimate id and return")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--plots", metavar="DIR", help="save loss-trace and LLC plots (PNG, needs matplotlib) here")
+    e.set_defaults(func=cmd_estimate)
+
+    j = sub.add_parser("jobs", parents=[common], help="list estimates, newest first")
+    j.add_argument("--state", action="append", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    j.add_argument("--limit", type=int, default=50)
+    j.set_defaults(func=cmd_jobs)
+
+    for name, func, helptext in (("get", cmd_get, "show one estimate"), ("cancel", cmd_cancel, "cancel an estimate"),
+                                 ("watch", cmd_watch, "follow an estimate's progress until it ends")):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("estimate_id")
+        if name == "watch":
+            p.add_argument("--after-seq", type=int, help="resume after this event seq (-1: replay every event)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "root_cert", None):
+        args.tls = True
+    try:
+        return args.func(args)
+    except LLCError as exc:
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": exc.code, "message": exc.message}})
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
