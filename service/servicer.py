@@ -146,20 +146,23 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         if after < -1:
             raise InvalidArgument(f"after_seq must be >= -1 (-1 = from the first event), got {after}")
         yield pb.WatchEstimateResponse(seq=rec.last_seq, snapshot=convert.estimate_to_proto(rec))
-        last_state = rec.state
-        while not last_state.is_terminal:
+        sent_state, unsent = rec.state, False
+        while True:
             wake = self.notifier.waiter(rec.id)
-            rec = self._job(rec.id)  # read the state before the events: every event behind it is sent
+            rec = self._job(rec.id)  # the state before the events: every event behind it is sent below
             for stored in self.store.events(rec.id, after):
                 after = stored.seq
                 msg = convert.event_to_proto(stored)
                 if msg is not None:
                     yield msg
-            if rec.state != last_state:
-                last_state = rec.state
+                    unsent = True
+            # The stream always ends with a snapshot of the terminal state, after every event.
+            if rec.state != sent_state or (rec.state.is_terminal and unsent):
                 yield pb.WatchEstimateResponse(seq=max(after, rec.last_seq), snapshot=convert.estimate_to_proto(rec))
-            if not last_state.is_terminal:
-                await self.notifier.wait(wake, self.config.watch_poll_s)
+                sent_state, unsent = rec.state, False
+            if rec.state.is_terminal:
+                return
+            await self.notifier.wait(wake, self.config.watch_poll_s)
 
     async def PreviewRestrictions(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,

@@ -156,3 +156,11 @@ def test_cli_console_script_and_unreachable_server():
     out = subprocess.run([str(llc_bin), "jobs", "--address", "127.0.0.1:1"], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "LLC_TOKEN": ""})
     assert out.returncode == 1 and "UNAVAILABLE" in out.stderr
+
+
+def test_data_restrictions_inherit_the_main_datasets_tokenization():
+    spec = requests.estimate_spec("org/m", "/d/train.jsonl", context_length=32, max_examples=100,
+                                  restrictions=["code=all@/d/code.jsonl", {"name": "x", "dataset": {
+                                      "files": ["/d/x.jsonl"], "contextLength": 8}}])
+    assert spec.restrictions[0].dataset.context_length == 32 and spec.restrictions[0].dataset.max_examples == 100
+    assert spec.restrictions[1].dataset.context_length == 8  # its own setting wins

@@ -275,3 +275,13 @@ def test_tls(make_server, tmp_path):
     with Client(server.address, token="t", timeout=3) as plaintext:  # a plaintext client cannot talk to it
         with pytest.raises(Unavailable):
             plaintext.get("est-x")
+
+
+def test_the_front_end_never_imports_torch():
+    import sys as _sys
+
+    code = ("import sys, service.server, service.serve, service.demo, service.runner, cluster.local_ray\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'deepspeed'})\n"
+            "assert not heavy, heavy\n")
+    out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

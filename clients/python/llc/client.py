@@ -133,9 +133,7 @@ class Client:
                     elif last is None:
                         last = event.seq  # resume after what the snapshot covers
                     yield event
-                    if event.estimate is not None and event.estimate.is_terminal:
-                        return
-                return
+                return  # the server ends the stream after the terminal snapshot
             except grpc.RpcError as exc:
                 failures += 1
                 if not reconnect or exc.code() not in _RETRYABLE or failures > 10:

@@ -118,6 +118,13 @@ def estimate_spec(model, dataset, *, restrictions: Iterable[Any] = (), batch_siz
                            dataset=dataset_ref(dataset, context_length=context_length, max_examples=max_examples,
                                                text_column=text_column))
     spec.restrictions.extend(restriction(r) for r in restrictions)
+    for r in spec.restrictions:  # a data restriction is tokenized like the main dataset unless it says otherwise
+        if r.HasField("dataset"):
+            for name in ("context_length", "text_column", "packing"):
+                if spec.dataset.HasField(name) and not r.dataset.HasField(name):
+                    setattr(r.dataset, name, getattr(spec.dataset, name))
+            if not r.dataset.max_examples:
+                r.dataset.max_examples = spec.dataset.max_examples
     if batch_size is not None:
         spec.batch_size = batch_size
     for name, value in settings.items():
