@@ -44,7 +44,7 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
         print(f"[demo] llc.v1 server on {server.address}; submitting an estimate over gRPC", flush=True)
         with Client(server.address, client_id="demo") as client:
             result = client.estimate(model, data, chains=chains, draws=draws, context_length=32, batch_size=8,
-                                     step_size=1e-3, nbeta=10.0, gamma=100.0,
+                                     step_size=3e-4, nbeta=10.0, gamma=100.0,
                                      restrictions=["full=all", "layer0=layer:0", "head0.1=head:0.1",
                                                    "short-texts=all@" + other])
         print()

@@ -285,3 +285,15 @@ def test_the_front_end_never_imports_torch():
             "assert not heavy, heavy\n")
     out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_server_runs_on_either_store_backend(make_server, store_url):
+    url, kwargs = store_url
+    server = make_server(store_url=url, store_schema=kwargs.get("schema", "llc"))
+    _stored(server, "est-a", state=JobState.RUNNING)
+    with grpc.insecure_channel(server.address) as channel:
+        llc = llc_pb2_grpc.LLCServiceStub(channel)
+        got = llc.GetEstimate(pb.GetEstimateRequest(estimate_id="est-a"), metadata=CLIENT, timeout=10).estimate
+        assert got.state == pb.ESTIMATE_STATE_RUNNING and got.start_time.seconds > 0
+        listed = llc.ListEstimates(pb.ListEstimatesRequest(), metadata=CLIENT, timeout=10).estimates
+        assert [e.estimate_id for e in listed] == ["est-a"]
