@@ -92,6 +92,10 @@ class RayJobRunner:
                 log.info("stop_job(%s): %s", rec.submission_id, exc)
         done = self.store.transition(rec.id, JobState.CANCELLED, error_code="CANCELLED", error_message=reason)
         self.notifier.notify(rec.id)
+        later = self.store.get(rec.id)
+        if done is not None and later is not None and later.submission_id and not rec.submission_id:
+            # The submission landed between our read and the transition: stop it too.
+            await asyncio.to_thread(self._stop_quietly, later.submission_id)
         return done
 
     # -------------------------------------------------------------- one job
@@ -134,10 +138,25 @@ class RayJobRunner:
                     raise
         self.store.set_submission(rec.id, sid)
         self.notifier.notify(rec.id)
+        if self._terminal(rec.id):  # cancelled while the submission was in flight: stop what we started
+            await asyncio.to_thread(self._stop_quietly, sid)
+            return ""
         return sid
 
+    def _stop_quietly(self, sid: str) -> None:
+        try:
+            self._connect().stop_job(sid)
+        except Exception as exc:  # noqa: BLE001 (already ended)
+            log.info("stop_job(%s): %s", sid, exc)
+
     async def _follow(self, job_id: str, sid: str) -> None:
-        client = self._connect()
+        while True:
+            try:
+                client = await asyncio.to_thread(self._connect)
+                break
+            except Unavailable as exc:  # Ray restarting or briefly unreachable: the job lives there, keep trying
+                log.warning("cannot follow %s yet: %s", sid, exc.message)
+                await asyncio.sleep(5.0)
         while True:
             pending = ""
             try:
