@@ -127,8 +127,8 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
 
 def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, float] | None = None, *,
                  num_gpus: int | None = None, host: str = "127.0.0.1", timeout: float = 60.0) -> RayNode:
-    """Starts another local node joined to `head_address`; returns once the process runs
-    (Ray registers it a moment later: wait for its resources if a test needs them)."""
+    """Starts another local node joined to `head_address`; returns once it has joined
+    (its resources show up in the cluster a moment later)."""
     args = [f"--address={head_address}", f"--node-ip-address={host}", f"--num-cpus={num_cpus}",
             f"--dashboard-agent-listen-port={free_port()}"]
     if num_gpus is not None:
@@ -137,12 +137,14 @@ def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, floa
         args.append(f"--resources={json.dumps(resources)}")
     proc, log_path, log = _spawn(args, "worker")
     node = RayNode(proc, head_address, "", log_path, log)
-    deadline = time.monotonic() + min(timeout, 10.0)
-    while time.monotonic() < deadline:  # `ray start` fails fast on a bad address; catch that here
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if not node.alive():
             raise Unavailable(f"the Ray worker node exited with code {proc.returncode}; log ({log_path}):\n"
                               + node.log_tail())
         if "Ray runtime started" in node.log_tail(200):
             return node
         time.sleep(0.3)
-    return node
+    node.stop()
+    raise Unavailable(f"the Ray worker node did not join {head_address} within {timeout:.0f} s; is the head "
+                      f"running there? log ({log_path}):\n" + node.log_tail())

@@ -37,6 +37,22 @@ class RunnerConfig:
     log_lines_in_errors: int = 20
 
 
+class LineBuffer:
+    """Whole lines from a stream of chunks: a log chunk may end inside a line (a long event)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, chunk: str) -> list[str]:
+        lines = (self._pending + chunk).split("\n")
+        self._pending = lines.pop()
+        return lines
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return [rest] if rest else []
+
+
 def submission_id(job_id: str) -> str:
     return f"llc-{job_id}"
 
@@ -158,16 +174,13 @@ class RayJobRunner:
                 log.warning("cannot follow %s yet: %s", sid, exc.message)
                 await asyncio.sleep(5.0)
         while True:
-            pending = ""
+            buffer = LineBuffer()
             try:
                 async for chunk in client.tail_job_logs(sid):
-                    # A chunk may end inside a line: keep the tail for the next chunk.
-                    lines = (pending + chunk).split("\n")
-                    pending = lines.pop()
-                    self._ingest(job_id, parse_lines(lines))
+                    self._ingest(job_id, parse_lines(buffer.feed(chunk)))
                     if self._terminal(job_id):
                         return
-                self._ingest(job_id, parse_lines([pending]))
+                self._ingest(job_id, parse_lines(buffer.flush()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke (dashboard restart, network): re-read below

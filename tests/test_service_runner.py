@@ -1,0 +1,51 @@
+"""The runner's handling of driver logs; and, on a real Ray cluster, drivers that die."""
+import json
+import os
+import stat
+
+import pytest
+
+from cluster.events import encode, parse_lines
+from service.runner import LineBuffer
+
+
+def test_events_split_across_log_chunks_are_reassembled():
+    line = encode({"type": "progress", "seq": 3, "payload": "x" * 5000})
+    text = "noise\n" + encode({"type": "started", "seq": 0}) + "\n" + line + "\ntail without newline"
+    buffer, events = LineBuffer(), []
+    for i in range(0, len(text), 7):  # cut everywhere, including inside the JSON
+        events += parse_lines(buffer.feed(text[i:i + 7]))
+    assert [e["seq"] for e in events] == [0, 3] and len(events[1]["payload"]) == 5000
+    assert buffer.flush() == ["tail without newline"] and buffer.flush() == []
+
+
+def fake_interpreter(path, body: str) -> str:
+    """An executable standing in for `python` in `python -m cluster.driver`: a real Ray job
+    whose driver behaves badly in a chosen way."""
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body,fragment", [
+    ('echo \'%s\'\necho "Segmentation fault in worker"\nexit 3\n' % encode({"type": "started", "seq": 0, "time": 0,
+                                                                             "chains_total": 1, "restrictions": []}),
+     "Segmentation fault in worker"),
+    ("echo all good\nexit 0\n", "exited without a result"),
+])
+def test_a_driver_that_dies_without_a_result_fails_the_estimate_with_its_last_lines(
+        ray_head, tmp_path, body, fragment):
+    from llc import Client
+    from service.config import ServerConfig
+    from service.server import BackgroundServer
+
+    python = fake_interpreter(tmp_path / "python", body)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "a b"}) + "\n")
+    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
+                          ray_dashboard_url=ray_head.dashboard_url, driver_python=python, check_local_paths=False)
+    with BackgroundServer(config) as server, Client(server.address) as client:
+        est = client.submit("org/model", str(data), chains=1, draws=5)
+        final = client.wait(est.id, timeout=120)
+    assert final.state == "FAILED" and final.error_code == "INTERNAL" and fragment in final.error_message
