@@ -65,7 +65,12 @@ class RayNode:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                # A node stuck before it joined ignores SIGTERM: kill its whole process group
+                # (its own session: start_new_session), which holds only this node's processes.
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self.process.wait(5)
         if self._log is not None:
             self._log.close()
