@@ -150,6 +150,6 @@ def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, floa
         if "Ray runtime started" in node.log_tail(200):
             return node
         time.sleep(0.3)
-    node.stop()
+    node.stop(timeout=5)
     raise Unavailable(f"the Ray worker node did not join {head_address} within {timeout:.0f} s; is the head "
                       f"running there? log ({log_path}):\n" + node.log_tail())

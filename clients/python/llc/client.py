@@ -50,7 +50,13 @@ class Client:
         try:
             return getattr(self._stub, method)(request, metadata=self._metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> LLCError:
+        err = from_rpc_error(exc)
+        if err.code == "UNAVAILABLE" and "connect" in err.message:
+            err.message += f" (is an LLC server running at {self.address}? start one with `llc serve`)"
+        return err
 
     def close(self) -> None:
         self._channel.close()
@@ -137,7 +143,7 @@ class Client:
             except grpc.RpcError as exc:
                 failures += 1
                 if not reconnect or exc.code() not in _RETRYABLE or failures > 10:
-                    raise from_rpc_error(exc) from None
+                    raise self._error(exc) from None
                 time.sleep(min(5.0, 0.2 * 2 ** failures))
 
     def wait(self, estimate_id: str, timeout: float | None = None) -> Estimate:
