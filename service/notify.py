@@ -8,13 +8,24 @@ import asyncio
 class JobNotifier:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self.closing = False  # the server is stopping: watchers end and clients reconnect elsewhere/later
 
     def waiter(self, job_id: str) -> asyncio.Event:
         """Take this before reading the store, then wait on it: no wake-up is lost in between."""
         event = self._events.get(job_id)
+        if self.closing:
+            event = asyncio.Event()
+            event.set()
+            return event
         if event is None or event.is_set():
             event = self._events[job_id] = asyncio.Event()
         return event
+
+    def close(self) -> None:
+        self.closing = True
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
 
     def notify(self, job_id: str) -> None:
         event = self._events.pop(job_id, None)

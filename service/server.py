@@ -34,13 +34,14 @@ class LLCServer:
         self._server: grpc.aio.Server | None = None
         self._runner: RayJobRunner | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._notifier: JobNotifier | None = None
         self.store = None
 
     async def start(self) -> int:
         c = self.config
         kwargs = {"schema": c.store_schema} if c.store_url.startswith(("postgresql://", "postgres://")) else {}
         self.store = open_store(c.store_url, **kwargs)
-        notifier = JobNotifier()
+        notifier = self._notifier = JobNotifier()
         self._runner = RayJobRunner(self.store, RunnerConfig(dashboard_url=c.ray_dashboard_url, python=c.driver_python,
                                                              env_vars=c.driver_env, submit_retry_s=c.submit_retry_s),
                                     notifier)
@@ -75,6 +76,8 @@ class LLCServer:
         """Stops serving; running estimates keep running on Ray for the next front end."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._notifier is not None:
+            self._notifier.close()  # open watches end with UNAVAILABLE: clients resume elsewhere or later
         if self._server is not None:
             await self._server.stop(grace)
         if self._runner is not None:

@@ -11,7 +11,7 @@ import grpc
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from cluster.spec import JobSpec
 from service import convert
 from service import progress as progress_mod
@@ -163,6 +163,9 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
             if rec.state.is_terminal:
                 return
             await self.notifier.wait(wake, self.config.watch_poll_s)
+            if self.notifier.closing:
+                raise Unavailable(f"the server is restarting; watch again with after_seq={after} to resume "
+                                  "(llc.Client.watch does this by itself)")
 
     async def PreviewRestrictions(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,

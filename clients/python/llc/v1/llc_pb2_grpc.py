@@ -102,7 +102,8 @@ class LLCServiceServicer:
         """First message: the estimate's current state (a snapshot). Then every
         progress event with seq > after_seq as it happens, and a snapshot on each
         state change; the stream ends after the snapshot of a terminal state.
-        To resume after a disconnect, pass the last seq received as after_seq.
+        To resume after a disconnect (or UNAVAILABLE when a server restarts), pass
+        the last seq received as after_seq: nothing is lost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
