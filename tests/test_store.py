@@ -136,3 +136,24 @@ def test_jobs_survive_reopening_the_store(store_url, store):
         assert reopened.create(rec("j2", request_id="r1"))[0].id == "j1"
     finally:
         reopened.close()
+
+
+def test_postgres_store_reconnects_after_losing_its_connection():
+    import uuid
+
+    import psycopg
+
+    from tests.fixtures.service import postgres_url
+
+    url = postgres_url()
+    store = open_store(url, schema=f"llc_test_{uuid.uuid4().hex[:12]}")
+    try:
+        store.create(rec("j1"))
+        pid = store._conn.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as admin:  # what a server restart does to our session
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert store.get("j1").id == "j1"  # the call that notices the loss reconnects and retries
+        assert store._conn.info.backend_pid != pid
+    finally:
+        store.drop()
+        store.close()

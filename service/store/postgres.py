@@ -1,10 +1,14 @@
 """PostgreSQL for deployments: `postgresql://user@host:5432/db`; tables live in `schema`."""
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any, Sequence
 
 from cluster.errors import InvalidArgument, Unavailable
 from service.store.base import JobStore
+
+log = logging.getLogger(__name__)
 
 
 class PostgresJobStore(JobStore):
@@ -15,15 +19,33 @@ class PostgresJobStore(JobStore):
     def __init__(self, url: str, schema: str = "llc"):
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
             raise InvalidArgument(f"store schema {schema!r} must be a lowercase SQL identifier, e.g. 'llc'")
+        self.url, self.schema = url, schema
+        conn = self._connect()
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        super().__init__(conn, prefix=f"{schema}.")
+
+    def _connect(self) -> Any:
         import psycopg
 
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as exc:
-            raise Unavailable(f"cannot connect to the PostgreSQL job store at {url}: {exc}".strip()) from None
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        self.schema = schema
-        super().__init__(conn, prefix=f"{schema}.")
+            raise Unavailable(f"cannot connect to the PostgreSQL job store at {self.url}: {exc}".strip()) from None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        import psycopg
+
+        with self._lock:
+            try:
+                return super()._execute(sql, params)
+            except psycopg.OperationalError as exc:
+                if not self._conn.closed:
+                    raise
+                # The server restarted or dropped us: every statement is its own transaction, so
+                # reconnecting and retrying once is safe.
+                log.warning("job store connection lost (%s); reconnecting", exc)
+                self._conn = self._connect()
+                return super()._execute(sql, params)
 
     def drop(self) -> None:
         """Deletes the schema and everything in it (tests use a schema each)."""
