@@ -28,7 +28,8 @@ from cluster.spec import Restriction, WeightSelector
 
 @dataclass
 class WeightSelection:
-    params: dict[str, torch.Tensor | None]  # name -> bool mask (True = moves, same shape) or None = whole tensor
+    # name -> bool mask (True = moves, same shape; may be a read-only broadcast view) or None = whole tensor
+    params: dict[str, torch.Tensor | None]
     tensors: list[dict]  # [{"name", "shape", "elements"}] what moves, in model order
     elements: int  # total moving elements
     notes: list[str] = field(default_factory=list)  # e.g. grouped-query k/v sharing, tied embeddings
@@ -63,9 +64,23 @@ def _select_one(model, architecture: str, sel: WeightSelector, names: list[str])
     return architecture_for(model, architecture).select(sel.kind, sel.layer, sel.head)
 
 
-def _block_mask(shape: torch.Size, blocks: list[Block], mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        mask = torch.zeros(shape, dtype=torch.bool)
+def _block_mask(shape: torch.Size, blocks: list[Block]) -> torch.Tensor:
+    """Boolean mask of the union of `blocks`.
+
+    When every block cuts the same dimension (a head's rows, or its columns) the mask
+    is a read-only broadcast view of one index vector: a job with one restriction per
+    head of a large model then holds O(rows) bytes per head, not a copy of q/k/v/o.
+    """
+    dims = {b.dim for b in blocks}
+    if len(dims) == 1:
+        dim = dims.pop()
+        vec = torch.zeros(shape[dim], dtype=torch.bool)
+        for b in blocks:
+            vec[b.start:b.stop] = True
+        view = [1] * len(shape)
+        view[dim] = shape[dim]
+        return vec.view(view).expand(shape)
+    mask = torch.zeros(shape, dtype=torch.bool)
     for b in blocks:
         index = [slice(None)] * len(shape)
         index[b.dim] = slice(b.start, b.stop)
@@ -84,7 +99,7 @@ def select_weights(model, architecture: str, selectors: list[WeightSelector]) ->
     if not selectors:
         selectors = [WeightSelector(kind="all")]
     whole: set[str] = set()
-    masks: dict[str, torch.Tensor] = {}
+    blocks: dict[str, list[Block]] = {}
     notes: list[str] = []
     for i, sel in enumerate(selectors):
         try:
@@ -96,19 +111,18 @@ def select_weights(model, architecture: str, selectors: list[WeightSelector]) ->
                     if sel.kind in ("pattern", "regex") else "this model has no such weights; use a pattern selector")
             raise InvalidArgument(f"weights[{i}]: {_describe(sel)} selects no parameter; {hint}")
         notes += [n for n in picked.notes if n not in notes]
-        for name, blocks in picked.slices.items():
-            if blocks is None:
+        for name, picked_blocks in picked.slices.items():
+            if picked_blocks is None:
                 whole.add(name)
-                masks.pop(name, None)
-            elif name not in whole:
-                masks[name] = _block_mask(named[name].shape, blocks, masks.get(name))
+            else:
+                blocks.setdefault(name, []).extend(picked_blocks)
     params: dict[str, torch.Tensor | None] = {}
     tensors: list[dict] = []
     for name in names:  # model order, so previews and masks read top to bottom
         if name in whole:
             mask, count = None, named[name].numel()
-        elif name in masks:
-            mask = masks[name]
+        elif name in blocks:
+            mask = _block_mask(named[name].shape, blocks[name])
             count = int(mask.sum())
             if count == mask.numel():
                 mask = None  # the slices cover the whole tensor

@@ -242,3 +242,14 @@ def test_preview_per_restriction_and_errors_carry_the_restriction_name(models):
     with pytest.raises(InvalidArgument, match="restriction 'bad': weights\\[1\\]: pattern 'nope' selects no parameter"):
         preview(lm.model, lm.architecture, [Restriction("ok"), Restriction("bad", [W(kind="embedding"),
                                                                                   W(kind="pattern", pattern="nope")])])
+
+
+@pytest.mark.parametrize("key", list(OUT_PROJ))
+def test_head_masks_do_not_copy_the_weights(models, key):
+    """One restriction per head of a big model must not hold a bool copy of q/k/v/o each."""
+    lm = models[key]
+    sel = select_weights(lm.model, lm.architecture, [W(kind="head", layer=0, head=3)])
+    for name, mask in sel.params.items():
+        assert mask is not None and mask.dtype == torch.bool
+        if mask.dim() == 2:
+            assert mask.untyped_storage().nbytes() == max(mask.shape), name  # one index vector, broadcast
