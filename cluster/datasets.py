@@ -69,6 +69,11 @@ def _load_raw(ref: DatasetRef) -> tuple[Any, dict]:
     import datasets
 
     if ref.files:
+        for name, value, default in (("split", ref.split, "train"), ("config", ref.config, ""),
+                                     ("revision", ref.revision, "")):
+            if value not in ("", default):
+                raise InvalidArgument(f"dataset.{name} {value!r} applies to hub datasets only; local files form one "
+                                      f"split: leave dataset.{name} empty, or list the files you want")
         files = _expand_files(ref)
         fmt = _file_format(ref, files)
         empty = f"dataset.files {files} are empty; give files with at least one example"

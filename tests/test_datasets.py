@@ -185,3 +185,10 @@ def test_dataset_with_no_records(tok, tmp_path):
     (tmp_path / "blank.jsonl").write_text("\n\n")
     with pytest.raises(InvalidArgument, match="empty|no row"):
         _load(tok, files=[str(tmp_path / "blank.jsonl")])
+
+
+def test_hub_only_fields_with_local_files(tok, text_jsonl):
+    with pytest.raises(InvalidArgument, match="dataset.split 'validation' applies to hub datasets only"):
+        _load(tok, files=[str(text_jsonl)], split="validation")
+    with pytest.raises(InvalidArgument, match="dataset.config 'en' applies to hub datasets only"):
+        _load(tok, files=[str(text_jsonl)], config="en")
