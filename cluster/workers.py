@@ -154,11 +154,13 @@ class ChainWorker:
         self.prepare()
         key = self._restriction_data(restriction)
         board = self._board
+        where = self.where()
 
         def progress(p: Any) -> None:
-            if board is not None:
+            if board is not None:  # fire and forget: the chain never waits for the driver
                 board.post.remote(restriction, chain, {
                     "step": int(p.step), "total_steps": int(p.total_steps), "llc_running": float(p.llc_running),
+                    "attempt": attempt, **where,
                 })
 
         start = time.monotonic()

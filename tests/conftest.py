@@ -14,5 +14,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.ray",
+    "tests.fixtures.ray_nodes",
     "tests.fixtures.service",
 ]
