@@ -90,12 +90,20 @@ def _load_raw(ref: DatasetRef) -> tuple[Any, dict]:
                                   "dataset.file_format") from None
         return ds, {"files": [str(Path(f).resolve()) for f in files], "file_format": fmt}
 
-    from cluster.models import resolve_hub_commit
+    from cluster.models import hub_offline, resolve_hub_commit
 
     commit = resolve_hub_commit(ref.hub_id, ref.revision, repo_type="dataset")
     what = f"dataset {ref.hub_id!r}" + (f" config {ref.config!r}" if ref.config else "")
+    source, revision = ref.hub_id, commit
+    if hub_offline():
+        # datasets' offline mode only finds datasets it prepared itself; the hub cache's
+        # snapshot of this commit is a plain directory of data files that it reads the same way.
+        from huggingface_hub import snapshot_download
+
+        source = snapshot_download(ref.hub_id, revision=commit, repo_type="dataset", local_files_only=True)
+        revision = None
     try:
-        ds = datasets.load_dataset(ref.hub_id, ref.config or None, split=ref.split, revision=commit)
+        ds = datasets.load_dataset(source, ref.config or None, split=ref.split, revision=revision)
     except datasets.exceptions.DatasetNotFoundError as exc:
         raise NotFound(f"{what}: {exc}; check dataset.hub_id") from None
     except ValueError as exc:

@@ -50,6 +50,7 @@ def resolve_hub_commit(hub_id: str, revision: str, *, repo_type: str = "model") 
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     what = f"{repo_type} {hub_id!r}" + (f" at revision {revision!r}" if revision else "")
+    local = "a local_path" if repo_type == "model" else "local files"
     try:
         if hub_offline():
             # The cache maps refs to snapshots/<commit>; nothing is downloaded.
@@ -67,9 +68,9 @@ def resolve_hub_commit(hub_id: str, revision: str, *, repo_type: str = "model") 
         raise InvalidArgument(f"{what}: {exc}") from None
     except LocalEntryNotFoundError:
         raise Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
-                          "download it first, or give a local_path") from None
+                          f"download it first, or give {local}") from None
     except OSError as exc:  # connection errors (requests/httpx) derive from OSError
-        raise Unavailable(f"cannot reach the Hugging Face hub for {what}: {exc}; retry, or give a local_path") from None
+        raise Unavailable(f"cannot reach the Hugging Face hub for {what}: {exc}; retry, or give {local}") from None
 
 
 def _local_hash(path: Path) -> str:

@@ -192,3 +192,49 @@ def test_hub_only_fields_with_local_files(tok, text_jsonl):
         _load(tok, files=[str(text_jsonl)], split="validation")
     with pytest.raises(InvalidArgument, match="dataset.config 'en' applies to hub datasets only"):
         _load(tok, files=[str(text_jsonl)], config="en")
+
+
+HUB_SCRIPT = r"""
+import json
+from cluster.datasets import load_token_dataset
+from cluster.errors import LLCError
+from cluster.spec import DatasetRef
+from cluster.tiny import make_tiny_tokenizer
+tok = make_tiny_tokenizer()
+ds = load_token_dataset(DatasetRef(hub_id="tiny/ds", revision="main", context_length=8), tok, 64)
+out = {"shape": list(ds.input_ids.shape), "commit": ds.provenance["commit"], "fingerprint": ds.fingerprint}
+for key, kw in {"split": {"split": "test"}, "column": {"text_column": "body"}, "revision": {"revision": "v9"}}.items():
+    try:
+        load_token_dataset(DatasetRef(hub_id="tiny/ds", context_length=8, **kw), tok, 64)
+    except LLCError as exc:
+        out[key] = [exc.code, exc.message]
+print(json.dumps(out))
+"""
+
+
+def test_hub_dataset_from_the_cache_offline(tmp_path, tok):
+    """The hub path (resolve the revision to a commit, then load that snapshot) served
+    offline from a Hugging Face cache laid out as the hub client writes it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    commit = "b" * 40
+    repo = tmp_path / "hub" / "datasets--tiny--ds"
+    make_text_dataset(repo / "snapshots" / commit / "data" / "train.jsonl", 30, seed=3)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds_cache"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", HUB_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    local = _load(tok, files=[str(repo / "snapshots" / commit / "data" / "train.jsonl")], context_length=8)
+    assert out["commit"] == commit and out["fingerprint"] == local.fingerprint
+    assert out["split"][0] == "NOT_FOUND" and "Unknown split \"test\"" in out["split"][1]
+    assert out["column"] == ["NOT_FOUND", "dataset.text_column: column 'body' is not in the dataset; "
+                                          "its columns are ['text', 'id']"]
+    assert out["revision"][0] == "UNAVAILABLE" and "give local files" in out["revision"][1]
