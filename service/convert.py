@@ -231,6 +231,13 @@ def estimate_to_proto(rec: JobRecord) -> pb.Estimate:
     return est
 
 
+def preview_from_dict(r: dict[str, Any]) -> pb.RestrictionPreview:
+    return pb.RestrictionPreview(name=r.get("name", ""), elements=int(r.get("elements") or 0),
+                                 tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
+                                                         elements=int(t.get("elements") or 0))
+                                          for t in r.get("tensors") or []])
+
+
 def event_to_proto(stored: StoredEvent) -> pb.WatchEstimateResponse | None:
     """A watch message for a driver event; None for `result`/`error`, which reach
     watchers as the terminal snapshot."""
@@ -252,12 +259,7 @@ def event_to_proto(stored: StoredEvent) -> pb.WatchEstimateResponse | None:
                                                state=CHAIN_STATES.get(e.get("status", ""), 0), llc=_num(e.get("llc")),
                                                attempt=int(e.get("attempt") or 0), message=e.get("message") or ""))
     elif kind == "preview":
-        preview = msg.preview
-        for r in e.get("restrictions") or []:
-            preview.restrictions.add(name=r.get("name", ""), elements=int(r.get("elements") or 0),
-                                     tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
-                                                             elements=int(t.get("elements") or 0))
-                                              for t in r.get("tensors") or []])
+        msg.preview.restrictions.extend(preview_from_dict(r) for r in e.get("restrictions") or [])
     else:
         return None
     return msg

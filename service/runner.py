@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import Unavailable
+from cluster.errors import LLCError, Unavailable
 from cluster.events import parse_lines
 from service import progress as progress_mod
 from service.notify import JobNotifier
@@ -35,6 +35,13 @@ class RunnerConfig:
     env_vars: dict[str, str] = field(default_factory=dict)  # extra environment for the driver
     submit_retry_s: float = 30.0  # how long to retry a submission while Ray is unreachable
     log_lines_in_errors: int = 20
+
+
+def driver_error(code: str, message: str) -> LLCError:
+    """A domain error carrying the status name the driver reported."""
+    err = LLCError(message)
+    err.code = code
+    return err
 
 
 class LineBuffer:
@@ -113,6 +120,30 @@ class RayJobRunner:
             # The submission landed between our read and the transition: stop it too.
             await asyncio.to_thread(self._stop_quietly, later.submission_id)
         return done
+
+    # -------------------------------------------------------------- preview
+    async def preview(self, spec_json: str, preview_id: str) -> list[dict[str, Any]]:
+        """Runs the driver just long enough to report which weights each restriction moves
+        (its `preview` event), then stops it. Nothing is stored."""
+        client = await asyncio.to_thread(self._connect)
+        sid = f"llc-preview-{preview_id}"
+        entrypoint = f"{shlex.quote(self.config.python)} -m cluster.driver"
+        await asyncio.to_thread(client.submit_job, entrypoint=entrypoint, submission_id=sid,
+                                runtime_env={"env_vars": {**self.config.env_vars, "LLC_JOB_SPEC": spec_json}},
+                                entrypoint_num_cpus=self.config.entrypoint_num_cpus or None)
+        buffer, last_lines = LineBuffer(), []
+        try:
+            async for chunk in client.tail_job_logs(sid):
+                lines = buffer.feed(chunk)
+                last_lines = (last_lines + lines)[-self.config.log_lines_in_errors:]
+                for event in parse_lines(lines):
+                    if event.get("type") == "preview":
+                        return list(event.get("restrictions") or [])
+                    if event.get("type") == "error":
+                        raise driver_error(str(event.get("code") or "INTERNAL"), str(event.get("message") or ""))
+            raise LLCError("the driver ended without a preview; last log lines:\n" + "\n".join(last_lines))
+        finally:
+            await asyncio.to_thread(self._stop_quietly, sid)
 
     # -------------------------------------------------------------- one job
     async def _run(self, job_id: str) -> None:
@@ -237,7 +268,8 @@ class RayJobRunner:
                 code = str(event.get("code") or "INTERNAL")
                 # The driver reports CANCELLED when its Ray job is stopped (by us or anyone else).
                 state = JobState.CANCELLED if code == "CANCELLED" else JobState.FAILED
-                self.store.transition(job_id, state, error_code=code,
+                # Chains that finished before the failure stay available as a partial result.
+                self.store.transition(job_id, state, error_code=code, result=event.get("partial_result"),
                                       error_message=str(event.get("message") or "the driver reported an error"))
         self.notifier.notify(job_id)
 

@@ -167,7 +167,15 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
                 raise Unavailable(f"the server is restarting; watch again with after_seq={after} to resume "
                                   "(llc.Client.watch does this by itself)")
 
-    async def PreviewRestrictions(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "PreviewRestrictions is not implemented yet; submit a short estimate (draws=1) and read "
-                            "moved_tensors of each restriction in its result")
+    async def PreviewRestrictions(self, request: pb.PreviewRestrictionsRequest, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is missing: give at least spec.model and spec.dataset")
+        preview_id = uuid.uuid4().hex[:16]
+        spec = JobSpec.from_dict(convert.spec_to_dict(request.spec, f"preview-{preview_id}"))
+        self._check_limits(spec)
+        self._check_paths(spec)
+        await self.runner.ensure_available()
+        # The driver reports the preview once its workers loaded the model: one short chain suffices.
+        spec.sampler = spec.sampler.replace(chains=1, burn_in=0, draws=1, steps_between_draws=1)
+        restrictions = await self.runner.preview(spec.to_json(), preview_id)
+        return pb.PreviewRestrictionsResponse(restrictions=[convert.preview_from_dict(r) for r in restrictions])

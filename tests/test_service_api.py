@@ -146,6 +146,11 @@ def test_oversized_request_is_resource_exhausted(stub, files):
 def test_valid_request_without_ray_is_unavailable_and_not_stored(server, stub, files):
     got, message = code_of(stub[0].CreateEstimate, pb.CreateEstimateRequest(request_id="r1", spec=valid_spec(files)))
     assert got == grpc.StatusCode.UNAVAILABLE and "--ray-dashboard" in message
+    got, message = code_of(stub[0].PreviewRestrictions, pb.PreviewRestrictionsRequest(spec=valid_spec(files)))
+    assert got == grpc.StatusCode.UNAVAILABLE and "--ray-dashboard" in message
+    spec = valid_spec(files)
+    spec.model.local_path = files["missing"]  # previews are validated like estimates
+    assert code_of(stub[0].PreviewRestrictions, pb.PreviewRestrictionsRequest(spec=spec))[0] == NOT_FOUND
     assert server.server.store.list()[0] == []
     assert_serving(stub)
 
@@ -158,7 +163,7 @@ def test_valid_request_without_ray_is_unavailable_and_not_stored(server, stub, f
     ("ListEstimates", pb.ListEstimatesRequest(page_size=100000), INVALID, "page_size"),
     ("ListEstimates", pb.ListEstimatesRequest(page_token="garbage"), INVALID, "page_token"),
     ("ListEstimates", pb.ListEstimatesRequest(states=[42]), INVALID, "states"),
-    ("PreviewRestrictions", pb.PreviewRestrictionsRequest(), grpc.StatusCode.UNIMPLEMENTED, "not implemented"),
+    ("PreviewRestrictions", pb.PreviewRestrictionsRequest(), INVALID, "spec is missing"),
 ])
 def test_bad_requests_to_other_methods(stub, call, request_, code, fragment):
     got, message = code_of(getattr(stub[0], call), request_)

@@ -189,3 +189,29 @@ def test_restarting_the_front_end_mid_job_loses_nothing(serve, ray_head, model_a
     with Client(address) as again:  # and the stored history is complete too
         replay = [e.seq for e in again.watch(est.id, after_seq=-1) if e.kind != "snapshot"]
     assert replay == seqs
+
+
+def test_preview_reports_the_weights_each_restriction_moves(serve, ray_head, model_and_data, capsys):
+    model, data, _ = model_and_data
+    server = serve()
+    with Client(server.address) as client:
+        previews = client.preview(model, data, restrictions=["full=all", "head0=head:0.1", "emb=embedding"],
+                                  context_length=16, timeout=180)
+        assert [p["name"] for p in previews] == ["full", "head0", "emb"]
+        full, head, emb = (p["elements"] for p in previews)
+        assert 0 < head < full and 0 < emb < full
+        assert sum(t["elements"] for t in previews[0]["tensors"]) == full
+        from llc.errors import LLCError
+
+        with pytest.raises(LLCError) as info:  # the driver's own check: a selector that matches nothing
+            client.preview(model, data, restrictions=["none=pattern:no.such.weight.*"], context_length=16, timeout=180)
+        assert info.value.code == "INVALID_ARGUMENT" and "no.such.weight" in info.value.message
+        assert client.list() == []  # previews are not estimates
+    wait_for(lambda: not [j for j in ray_jobs_all(ray_head) if j.submission_id.startswith("llc-preview-")
+                          and j.status not in ("STOPPED", "SUCCEEDED", "FAILED")], 60, "preview jobs to stop")
+
+
+def ray_jobs_all(ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(ray_head.dashboard_url).list_jobs()

@@ -1,4 +1,4 @@
-"""The `llc` command: serve, estimate, jobs, get, watch, cancel, demo. `--json` everywhere.
+"""The `llc` command: serve, estimate, preview, jobs, get, watch, cancel, demo. `--json` everywhere.
 
     llc serve                                   # local Ray + SQLite on 127.0.0.1:50051
     llc estimate --model ./tiny --dataset train.jsonl --restrict head0=head:0.0 --draws 200
@@ -114,6 +114,27 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    try:
+        from llc.requests import estimate_spec
+
+        spec = estimate_spec(args.model, args.dataset, restrictions=args.restrict or [],
+                             **{k: getattr(args, k) for k in ("context_length", "text_column") if getattr(args, k)})
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        previews = client.preview(spec=spec)
+    if args.json:
+        _print_json(previews)
+        return 0
+    for r in previews:
+        print(f"{r['name']}: {r['elements']} elements in {len(r['tensors'])} tensors")
+        for t in r["tensors"]:
+            print(f"  {t['name']}  {list(t['shape'])}  {t['elements']}")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         estimates = client.list(state=args.state, limit=args.limit)
@@ -223,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("--plots", metavar="DIR", help="save loss-trace and LLC plots (PNG, needs matplotlib) here")
     e.set_defaults(func=cmd_estimate)
+
+    v = sub.add_parser("preview", parents=[common], help="which weights each restriction moves (no sampling)")
+    v.add_argument("--model", required=True)
+    v.add_argument("--dataset", required=True)
+    v.add_argument("--restrict", action="append", metavar="NAME=SEL[+SEL][@DATASET]", help=RESTRICTION_SYNTAX)
+    v.add_argument("--context-length", dest="context_length", type=int)
+    v.add_argument("--text-column", dest="text_column")
+    v.set_defaults(func=cmd_preview)
 
     j = sub.add_parser("jobs", parents=[common], help="list estimates, newest first")
     j.add_argument("--state", action="append", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])

@@ -146,6 +146,18 @@ class Client:
                     raise self._error(exc) from None
                 time.sleep(min(5.0, 0.2 * 2 ** failures))
 
+    def preview(self, model: Any = None, dataset: Any = None, *, spec: pb.EstimateSpec | None = None,
+                restrictions: Iterable[Any] = (), timeout: float = 600.0, **settings: Any) -> list[dict[str, Any]]:
+        """Which tensors and how many elements each restriction moves, without sampling:
+        [{"name", "elements", "tensors": [{"name", "shape", "elements"}]}]. The cluster loads the
+        model to answer, so this takes as long as a chain worker's start."""
+        from llc.results import message_dict
+
+        if spec is None:
+            spec = requests.estimate_spec(model, dataset, restrictions=restrictions, **settings)
+        response = self._call("PreviewRestrictions", pb.PreviewRestrictionsRequest(spec=spec), timeout=timeout)
+        return [message_dict(r) for r in response.restrictions]
+
     def wait(self, estimate_id: str, timeout: float | None = None) -> Estimate:
         """Blocks until the estimate ends; returns its final state."""
         final = None

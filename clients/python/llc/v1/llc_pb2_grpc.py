@@ -111,7 +111,8 @@ class LLCServiceServicer:
 
     def PreviewRestrictions(self, request, context):
         """Which tensors and how many elements each restriction would move, without
-        sampling (not implemented yet: answers UNIMPLEMENTED).
+        sampling: the cluster loads the model once (seconds to minutes; set a
+        deadline) and reports, nothing is stored. Errors as CreateEstimate's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
