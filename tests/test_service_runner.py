@@ -49,3 +49,29 @@ def test_a_driver_that_dies_without_a_result_fails_the_estimate_with_its_last_li
         est = client.submit("org/model", str(data), chains=1, draws=5)
         final = client.wait(est.id, timeout=120)
     assert final.state == "FAILED" and final.error_code == "INTERNAL" and fragment in final.error_message
+
+
+@pytest.mark.slow
+def test_a_driver_error_keeps_its_code_and_partial_result(ray_head, tmp_path):
+    from llc import Client
+    from llc.errors import EstimateFailed
+    from service.config import ServerConfig
+    from service.server import BackgroundServer
+    from tests.test_service_convert import result_document
+
+    partial = result_document()
+    lines = [encode({"type": "started", "seq": 0, "time": 0, "chains_total": 2, "restrictions": ["full"]}),
+             encode({"type": "error", "seq": 1, "time": 0, "code": "RESOURCE_EXHAUSTED",
+                     "message": "1 chain(s) failed after 3 attempts", "partial_result": partial})]
+    body = "".join(f"cat <<'EOF'\n{line}\nEOF\n" for line in lines) + "exit 1\n"
+    python = fake_interpreter(tmp_path / "python", body)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "a b"}) + "\n")
+    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
+                          ray_dashboard_url=ray_head.dashboard_url, driver_python=python, check_local_paths=False)
+    with BackgroundServer(config) as server, Client(server.address) as client:
+        with pytest.raises(EstimateFailed) as info:
+            client.estimate("org/model", str(data), chains=2, draws=5, progress=False, timeout=120)
+    final = info.value.estimate
+    assert info.value.code == "RESOURCE_EXHAUSTED" and final.state == "FAILED"
+    assert final.result is not None and final.result["full"].llc_per_chain[0] == 2.5
