@@ -82,14 +82,19 @@ class RayJobRunner:
                                   "the cluster or point the server at it with --ray-dashboard") from None
         return self._client
 
+    def _entrypoint(self) -> str:
+        return f"{shlex.quote(self.config.python)} -m cluster.driver"
+
     async def ensure_available(self) -> None:
         """Raises Unavailable if Ray's job API does not answer (checked before a job is stored)."""
         await asyncio.to_thread(self._connect)
 
     # -------------------------------------------------------------- lifecycle
     def start(self, job_id: str) -> None:
-        if job_id not in self._tasks or self._tasks[job_id].done():
-            self._tasks[job_id] = asyncio.get_running_loop().create_task(self._run(job_id), name=f"llc-job-{job_id}")
+        if job_id not in self._tasks:
+            task = asyncio.get_running_loop().create_task(self._run(job_id), name=f"llc-job-{job_id}")
+            self._tasks[job_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
     def resume(self) -> list[str]:
         """Follows every unfinished job in the store (called when the front end starts)."""
@@ -127,8 +132,7 @@ class RayJobRunner:
         (its `preview` event), then stops it. Nothing is stored."""
         client = await asyncio.to_thread(self._connect)
         sid = f"llc-preview-{preview_id}"
-        entrypoint = f"{shlex.quote(self.config.python)} -m cluster.driver"
-        await asyncio.to_thread(client.submit_job, entrypoint=entrypoint, submission_id=sid,
+        await asyncio.to_thread(client.submit_job, entrypoint=self._entrypoint(), submission_id=sid,
                                 runtime_env={"env_vars": {**self.config.env_vars, "LLC_JOB_SPEC": spec_json}},
                                 entrypoint_num_cpus=self.config.entrypoint_num_cpus or None)
         buffer, last_lines = LineBuffer(), []
@@ -163,13 +167,12 @@ class RayJobRunner:
 
     async def _submit(self, rec: JobRecord) -> str:
         sid = submission_id(rec.id)
-        entrypoint = f"{shlex.quote(self.config.python)} -m cluster.driver"
         env = {**self.config.env_vars, "LLC_JOB_SPEC": rec.spec_json}
         deadline = time.monotonic() + self.config.submit_retry_s
         while True:
             try:
                 client = await asyncio.to_thread(self._connect)
-                await asyncio.to_thread(client.submit_job, entrypoint=entrypoint, submission_id=sid,
+                await asyncio.to_thread(client.submit_job, entrypoint=self._entrypoint(), submission_id=sid,
                                         runtime_env={"env_vars": env},
                                         entrypoint_num_cpus=self.config.entrypoint_num_cpus or None,
                                         metadata={"llc_job_id": rec.id, "llc_owner": rec.owner})
