@@ -65,12 +65,14 @@ def test_full_model_llc_equals_a_restriction_selecting_everything(loaded, batche
     everything = select_weights(lm.model, lm.architecture, [])
     assert everything.elements == sum(p.numel() for p in lm.model.parameters())
     restricted = estimate_llc(lm.model, lm_loss, batches, config, params=everything.params)
-    assert restricted.llc_per_chain == full.llc_per_chain
-    assert restricted.init_loss == full.init_loss
+    # Same chains (seeds, batches, noise); only float summation order may differ when
+    # the BLAS changes its thread split on a busy machine.
+    assert restricted.llc_per_chain == pytest.approx(full.llc_per_chain, rel=1e-4)
+    assert restricted.init_loss == pytest.approx(full.init_loss, rel=1e-6)
     # A head restriction is a different measurement on the same model.
     head = estimate_llc(lm.model, lm_loss, batches, config,
                         params=select_weights(lm.model, lm.architecture, [W(kind="head", layer=0, head=0)]).params)
-    assert head.llc_per_chain != full.llc_per_chain
+    assert head.llc_per_chain != pytest.approx(full.llc_per_chain, rel=1e-2)
 
 
 def test_data_restriction_changes_the_loss_source(loaded, batches, other_text_jsonl):
