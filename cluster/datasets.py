@@ -155,9 +155,11 @@ def _rows(docs: Iterable[list[int]], ref: DatasetRef, eos: int | None, limit: in
             buffer += ids
             if eos is not None and ids:
                 buffer.append(eos)
-            while len(buffer) >= T and not (limit and len(rows) >= limit):
-                rows.append(buffer[:T])
-                buffer = buffer[T:]
+            start = 0  # cut rows by offset: slicing the rest off each time is quadratic in a long document
+            while len(buffer) - start >= T and not (limit and len(rows) >= limit):
+                rows.append(buffer[start:start + T])
+                start += T
+            del buffer[:start]
         elif len(ids) >= T:
             rows.append(ids[:T])
         else:
