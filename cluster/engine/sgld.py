@@ -118,7 +118,8 @@ class SGLD(torch.optim.Optimizer):
         state = self.state[p]
         if "anchor" not in state:
             state["anchor"] = p.detach().float().clone()
-            state["mask"] = None if mask is None else mask.to(device=p.device, dtype=torch.float32)
+            # kept as given (a bool tensor, possibly a broadcast view): no full-size copy
+            state["mask"] = None if mask is None else mask.to(device=p.device)
             group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
             if group["preconditioner"] == "rmsprop":
                 state["square_avg"] = torch.zeros_like(state["anchor"])
