@@ -171,7 +171,7 @@ def test_the_validators_catch_what_they_should(helm, tmp_path, raycluster_valida
 
 
 # ------------------------------------------------------------------ wiring
-def test_the_front_end_submits_to_the_heads_job_api(helm, tmp_path):
+def test_the_front_end_submits_to_the_heads_job_api(helm, tmp_path, monkeypatch):
     objs = render(helm, tmp_path, {"ray": {"dashboardPort": 8300}})
     ray = one(objs, "RayCluster")
     head = ray["spec"]["headGroupSpec"]
@@ -185,15 +185,9 @@ def test_the_front_end_submits_to_the_heads_job_api(helm, tmp_path):
     # The same URL is what `llc serve` resolves from that environment.
     from service.serve import resolve_dashboard
 
-    saved = {k: os.environ.pop(k, None) for k in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS")}
-    try:
-        os.environ["RAY_DASHBOARD_ADDRESS"] = env["RAY_DASHBOARD_ADDRESS"]
-        assert resolve_dashboard("") == env["RAY_DASHBOARD_ADDRESS"]
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None)
-            if v is not None:
-                os.environ[k] = v
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_DASHBOARD_ADDRESS", env["RAY_DASHBOARD_ADDRESS"])
+    assert resolve_dashboard("") == env["RAY_DASHBOARD_ADDRESS"]
 
 
 def test_ray_token_auth_is_shared_by_front_end_head_workers_and_autoscaler(helm, tmp_path):
@@ -202,8 +196,7 @@ def test_ray_token_auth_is_shared_by_front_end_head_workers_and_autoscaler(helm,
     containers = [ray["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
         g["template"]["spec"]["containers"][0] for g in ray["workerGroupSpecs"]]
     envs = [env_of(objs, c) for c in containers + [frontend(objs)]]
-    envs.append({e["name"]: e.get("value") or env_of(objs, {"env": [e]})[e["name"]] for e in
-                 ray["autoscalerOptions"]["env"]})
+    envs.append(env_of(objs, {"env": ray["autoscalerOptions"]["env"]}))
     tokens = {env["RAY_AUTH_TOKEN"] for env in envs}
     assert all(env["RAY_AUTH_MODE"] == "token" for env in envs)
     assert len(tokens) == 1 and len(tokens.pop()) >= 32
@@ -318,6 +311,21 @@ def test_chart_ray_version_matches_the_pinned_ray():
     pins = [line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.startswith("ray[") and "==" in line]
     assert pins == [values["ray"]["version"]], "ray.version in helm/llc/values.yaml must match requirements.txt"
+
+
+def test_readme_values_example_renders(helm, tmp_path):
+    readme = (ROOT / "helm" / "README.md").read_text()
+    example = yaml.safe_load(readme.split("```yaml\n")[1].split("```")[0])
+    groups = {g["groupName"]: g for g in one(render(helm, tmp_path, example), "RayCluster")["spec"]["workerGroupSpecs"]}
+    assert groups["h200"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
+def test_notes_say_how_to_connect(helm, tmp_path):
+    out = helm_run(helm, tmp_path, "install", GPU, "--dry-run=client", "--generate-name")
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/" in notes and "get secret" in notes and "llc jobs" in notes
+    assert f".{NAMESPACE}.svc:8265" in notes and "group gpu: 1 pod(s), 4 GPU(s) each, autoscaled within [0, 8]" in notes
 
 
 # ------------------------------------------------------------------ bad values
