@@ -128,7 +128,7 @@ class Job:
             provenance["dataset"] = by_key.get(dataset_key(self.spec.dataset), {})
             provenance["restriction_datasets"] = {  # data-restricted LLCs: their own data's fingerprint
                 r.name: by_key.get(dataset_key(r.dataset), {}) for r in self.spec.restrictions if r.dataset is not None}
-            provenance["workers"] = [{"node_id": w["node_id"], "pid": w["pid"], "load_seconds": w["load_seconds"]}
+            provenance["workers"] = [{k: w[k] for k in ("node_id", "pid", "load_seconds", "threads")}
                                      for w in pool.worker_summaries]
         return result_document(self.spec, pool.results if pool else {}, init_losses, self.previews, provenance)
 

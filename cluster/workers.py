@@ -92,6 +92,7 @@ class ChainWorker:
             "model_provenance": s["model"].provenance,
             "dataset_provenance": {k: d.provenance for k, d in s["datasets"].items()},
             "architecture": s["model"].architecture,
+            "threads": s["threads"],
         }
 
     def _load(self) -> dict[str, Any]:
@@ -99,8 +100,13 @@ class ChainWorker:
         from cluster.models import load_model
         from cluster.restrictions import select_restriction
 
+        import torch
+
         start = time.monotonic()
         spec = self._spec
+        # As many CPU threads as CPUs the chain owns, whatever the node's environment says: CPU
+        # kernels reduce in a thread-count-dependent order, and a chain's λ̂ must not depend on placement.
+        torch.set_num_threads(max(1, int(spec.compute.cpus_per_chain)))
         loaded = load_model(spec.model, self._device())
         datasets, batches = {}, {}
         vocab = loaded.model.get_input_embeddings().num_embeddings
@@ -121,6 +127,7 @@ class ChainWorker:
             "preview": preview,
             "init_loss": {},
             "load_seconds": time.monotonic() - start,
+            "threads": torch.get_num_threads(),
         }
 
     def _restriction_data(self, restriction: int) -> str:
@@ -138,8 +145,12 @@ class ChainWorker:
             return None
         cache = self._state["init_loss"]
         if key not in cache:
+            # Every row once, in order: the chains' shuffled batches drop a random partial batch, which
+            # would make L(w*) (multiplied by nβ in λ̂) depend on the worker's RNG state.
+            rows, size = self._state["datasets"][key].input_ids, self._spec.batch_size
+            ordered = [rows[i:i + size] for i in range(0, rows.shape[0], size)]
             model = self._state["model"].model
-            cache[key] = float(compute_init_loss(model, lm_loss, self._state["batches"][key], self._spec.sampler))
+            cache[key] = float(compute_init_loss(model, lm_loss, ordered, self._spec.sampler))
         return cache[key]
 
     def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None) -> dict[str, Any]:
