@@ -6,7 +6,9 @@ dashboard (the job API needs it) and optional extra worker nodes.
     ...; worker.stop(); head.stop()
 
 Nodes run `ray start --block` and are stopped with SIGTERM (never `ray stop`, which
-kills every Ray process on the machine). Used by `llc serve` and the tests.
+kills every Ray process on the machine). Each head gets a Ray temp dir of its own (see
+private_temp_dir): with the shared /tmp/ray, jobs can land on another local cluster.
+Used by `llc serve`, `llc demo` and the tests.
 """
 from __future__ import annotations
 
@@ -41,8 +43,19 @@ def _ray_cli() -> str:
     return here if os.path.exists(here) else (shutil.which("ray") or "ray")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, **LOCAL_ENV}
+def _env(temp_dir: str = "") -> dict[str, str]:
+    env = {**os.environ, **LOCAL_ENV}
+    if temp_dir:
+        env["RAY_TMPDIR"] = temp_dir
+    return env
+
+
+def private_temp_dir() -> str:
+    """A Ray temp dir of this cluster's own. Ray's job supervisor finds "its" cluster (the
+    RAY_ADDRESS of every job driver) through `<temp dir>/ray/ray_current_cluster`; in the shared
+    /tmp that file names whichever cluster on the machine started last, so jobs would run on
+    another cluster. Short, because Ray's unix sockets live under it."""
+    return tempfile.mkdtemp(prefix="llcray", dir="/tmp")
 
 
 @dataclass
@@ -54,6 +67,8 @@ class RayNode:
     dashboard_url: str = ""  # head only: Ray's job API
     log_path: str = ""
     _log: object = field(default=None, repr=False)
+    temp_dir: str = ""  # RAY_TMPDIR of the node's processes
+    _owns_temp_dir: bool = field(default=False, repr=False)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -74,6 +89,8 @@ class RayNode:
                 self.process.wait(5)
         if self._log is not None:
             self._log.close()
+        if self._owns_temp_dir and not self.alive():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -89,10 +106,10 @@ class RayNode:
         self.stop()
 
 
-def _spawn(args: list[str], name: str) -> tuple[subprocess.Popen, str, object]:
+def _spawn(args: list[str], name: str, temp_dir: str) -> tuple[subprocess.Popen, str, object]:
     log = tempfile.NamedTemporaryFile("w", prefix=f"llc-{name}-", suffix=".log", delete=False)
     proc = subprocess.Popen([_ray_cli(), "start", "--block", "--disable-usage-stats", *args], stdout=log,
-                            stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+                            stderr=subprocess.STDOUT, env=_env(temp_dir), start_new_session=True)
     return proc, log.name, log
 
 
@@ -105,8 +122,11 @@ def job_api_ready(dashboard_url: str, timeout: float = 2.0) -> bool:
 
 
 def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dict[str, float] | None = None,
-               host: str = "127.0.0.1", timeout: float = 90.0) -> RayNode:
-    """Starts a head node with the dashboard on free ports; returns once its job API answers."""
+               host: str = "127.0.0.1", timeout: float = 90.0, temp_dir: str | None = None) -> RayNode:
+    """Starts a head node with the dashboard on free ports; returns once its job API answers.
+    temp_dir: Ray's temp dir (default $RAY_TMPDIR, else a private one, removed by stop())."""
+    owns = not (temp_dir or os.environ.get("RAY_TMPDIR"))
+    temp_dir = temp_dir or os.environ.get("RAY_TMPDIR") or private_temp_dir()
     port, dash = free_port(), free_port()
     args = ["--head", f"--port={port}", f"--node-ip-address={host}", f"--dashboard-host={host}",
             f"--dashboard-port={dash}", f"--num-cpus={num_cpus}",
@@ -115,8 +135,8 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
         args.append(f"--num-gpus={num_gpus}")
     if resources:
         args.append(f"--resources={json.dumps(resources)}")
-    proc, log_path, log = _spawn(args, "head")
-    node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log)
+    proc, log_path, log = _spawn(args, "head", temp_dir)
+    node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log, temp_dir, owns)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not node.alive():
@@ -131,7 +151,8 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
 
 
 def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, float] | None = None, *,
-                 num_gpus: int | None = None, host: str = "127.0.0.1", timeout: float = 60.0) -> RayNode:
+                 num_gpus: int | None = None, host: str = "127.0.0.1", timeout: float = 60.0,
+                 temp_dir: str | None = None) -> RayNode:
     """Starts another local node joined to `head_address`; returns once it has joined
     (its resources show up in the cluster a moment later)."""
     args = [f"--address={head_address}", f"--node-ip-address={host}", f"--num-cpus={num_cpus}",
@@ -140,8 +161,9 @@ def start_worker(head_address: str, num_cpus: int = 1, resources: dict[str, floa
         args.append(f"--num-gpus={num_gpus}")
     if resources:
         args.append(f"--resources={json.dumps(resources)}")
-    proc, log_path, log = _spawn(args, "worker")
-    node = RayNode(proc, head_address, "", log_path, log)
+    temp_dir = temp_dir or os.environ.get("RAY_TMPDIR", "")  # pass the head's node.temp_dir to share it
+    proc, log_path, log = _spawn(args, "worker", temp_dir)
+    node = RayNode(proc, head_address, "", log_path, log, temp_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not node.alive():
