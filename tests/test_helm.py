@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cluster.local_ray import free_port
+from cluster.local_ray import RayNode, free_port, private_temp_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "llc"
@@ -462,3 +464,53 @@ def test_healthcheck_reports_a_server_that_is_not_there():
     problem = health.check(f"127.0.0.1:{free_port()}", timeout=1)
     assert problem.startswith("UNAVAILABLE") or problem.startswith("DEADLINE_EXCEEDED"), problem
     assert health.main([f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
+
+
+def start_head_with_env(env: dict[str, str], tmp_path: Path) -> RayNode:
+    """A local Ray head (job API on) with the environment the chart gives the head container."""
+    temp_dir = private_temp_dir()
+    port, dash = free_port(), free_port()
+    log = open(tmp_path / "head.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--block", "--head", "--disable-usage-stats",
+         f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=1", f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_TMPDIR": temp_dir, **env})
+    head = RayNode(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", str(tmp_path / "head.log"), log, temp_dir,
+                   _owns_temp_dir=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and head.alive():
+        try:
+            urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2)
+            return head
+        except urllib.error.HTTPError:
+            return head  # answering (401 without a token): up
+        except OSError:
+            time.sleep(0.5)
+    head.stop()
+    pytest.fail(f"the Ray head did not start:\n{head.log_tail()}")
+
+
+def list_ray_jobs(env: dict[str, str], url: str) -> subprocess.CompletedProcess:
+    """Ray's JobSubmissionClient (what the front end's runner uses) with only this Ray environment."""
+    code = "import sys; from ray.job_submission import JobSubmissionClient as C; print('jobs', len(C(sys.argv[1]).list_jobs()))"
+    return subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **env})
+
+
+@pytest.mark.slow  # a Ray head and three Ray clients
+def test_the_charts_ray_token_opens_the_heads_job_api_to_the_front_end_only(helm, tmp_path):
+    objs = render(helm, tmp_path)
+    head_container = one(objs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head_env = {k: v for k, v in env_of(objs, head_container).items() if k.startswith("RAY_")}
+    front_env = {k: v for k, v in env_of(objs, frontend(objs)).items() if k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    assert head_env["RAY_AUTH_MODE"] == front_env["RAY_AUTH_MODE"] == "token"
+    with start_head_with_env(head_env, tmp_path) as head:
+        ok = list_ray_jobs(front_env, head.dashboard_url)
+        assert ok.returncode == 0 and "jobs 0" in ok.stdout, ok.stdout + ok.stderr
+        wrong = list_ray_jobs({**front_env, "RAY_AUTH_TOKEN": "not-the-token"}, head.dashboard_url)
+        assert wrong.returncode != 0 and "authentication token is invalid" in wrong.stderr, wrong.stdout + wrong.stderr
+        none = list_ray_jobs({"RAY_AUTH_MODE": "disabled"}, head.dashboard_url)
+        assert none.returncode != 0 and "no authentication token was found" in none.stderr, none.stdout + none.stderr
