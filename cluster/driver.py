@@ -179,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("received %s: cancelling the job", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def handle_stop_signals() -> None:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    handle_stop_signals()
     job: Job | None = None
     try:
         spec = read_spec(args)
         connect(args)
+        handle_stop_signals()  # ray.init installs its own SIGTERM handler (sys.exit): take it back
         if stop.is_set():
             from cluster.chains import JobCancelled
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if partial is not None and partial["restrictions"]:
             fields["partial_result"] = partial
         events.emit("error", **fields)
-        if not isinstance(exc, (LLCError, KeyboardInterrupt)):
+        if not isinstance(exc, (LLCError, KeyboardInterrupt, SystemExit)):
             log.exception("driver failed")
         return 1
     events.emit("result", result=result)
@@ -220,7 +224,7 @@ def _describe_failure(exc: BaseException, job: Job | None) -> tuple[str, str, di
         return "INVALID_ARGUMENT", f"job spec: {exc}", partial
     if isinstance(exc, LLCError):
         return exc.code, exc.message, partial
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # SystemExit: Ray's SIGTERM handler during ray.init
         return "CANCELLED", "the job was cancelled", partial
     return "INTERNAL", f"driver failed: {type(exc).__name__}: {exc}", partial
 
