@@ -249,7 +249,7 @@ def test_gpu_worker_groups_and_autoscaling(helm, tmp_path):
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["tolerations"]
     assert gpu_pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert "nvidia.com/gpu" not in json.dumps(groups["cpu"])
-    assert (groups["gpu"]["minReplicas"], groups["gpu"]["maxReplicas"]) == (0, 8)
+    assert (groups["gpu"]["minReplicas"], groups["gpu"]["maxReplicas"]) == (1, 8)
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] == 300
     # A group added by name only, from values, is rendered like the built-in ones.
@@ -327,7 +327,11 @@ def test_notes_say_how_to_connect(helm, tmp_path):
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     assert "port-forward svc/" in notes and "get secret" in notes and "llc jobs" in notes
-    assert f".{NAMESPACE}.svc:8265" in notes and "group gpu: 1 pod(s), 4 GPU(s) each, autoscaled within [0, 8]" in notes
+    assert f".{NAMESPACE}.svc:8265" in notes and "group gpu: 1 pod(s), 4 GPU(s) each, autoscaled within [1, 8]" in notes
+    assert "WARNING" not in notes
+    scale_to_zero = {"ray": {"autoscaling": {"enabled": True}, "workerGroups": {"cpu": {"minReplicas": 0}}}}
+    out = helm_run(helm, tmp_path, "install", scale_to_zero, "--dry-run=client", "--generate-name")
+    assert "WARNING: group cpu may scale to 0 pods" in out.stdout
 
 
 # ------------------------------------------------------------------ bad values
@@ -338,7 +342,7 @@ def test_notes_say_how_to_connect(helm, tmp_path):
     ({"ray": {"workerGroups": {"gpu": {"enabled": True, "gpus": -1}}}}, "/ray/workerGroups/gpu/gpus"),
     ({"ray": {"workerGroups": {"GPU_big": {"enabled": True, "replicas": 1, "minReplicas": 0, "maxReplicas": 1,
                                            "gpus": 1}}}}, "GPU_big"),
-    ({"ray": {"workerGroups": {"cpu": {"replicas": 5}}}}, "replicas (5) must lie within [minReplicas, maxReplicas] = [0, 4]"),
+    ({"ray": {"workerGroups": {"cpu": {"replicas": 5}}}}, "replicas (5) must lie within [minReplicas, maxReplicas] = [1, 4]"),
     ({"ray": {"workerGroups": {"cpu": {"minReplicas": 5, "replicas": 5}}}}, "minReplicas (5) is above maxReplicas (4)"),
     ({"ray": {"workerGroups": {"cpu": {"enabled": False}}}}, "no group is enabled"),
     ({"ray": {"autoscaling": {"upscalingMode": "Fast"}}}, "/ray/autoscaling/upscalingMode"),
@@ -396,6 +400,27 @@ def wait_for(check, what: str, timeout: float = 60.0, proc: subprocess.Popen | N
     assert not problem, f"{what}: {problem}"
 
 
+def start_rendered_frontend(objs: list[dict], tmp_path: Path, ray_url: str, tls_dir: Path) -> tuple[subprocess.Popen, int]:
+    """The Deployment's container (command, args, environment from the rendered ConfigMap and
+    Secrets) as a local `llc serve`. Only host paths, the listen address and the Ray URL change."""
+    container = frontend(objs)
+    rendered_port = container["ports"][0]["containerPort"]
+    env = env_of(objs, container)
+    assert env["LLC_LISTEN"] == f"0.0.0.0:{rendered_port}" and container["command"] == ["llc", "serve"]
+    port = free_port()
+    env.update(LLC_LISTEN=f"127.0.0.1:{port}", LLC_STORE=str(tmp_path / "jobs.sqlite"), RAY_DASHBOARD_ADDRESS=ray_url)
+    args = [a.replace("/etc/llc/tls", str(tls_dir)) for a in container["args"]]
+    proc = subprocess.Popen([LLC, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LLC_"))}, **env})
+    return proc, port
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
 @pytest.mark.slow  # runs `llc serve` and probe processes
 @pytest.mark.parametrize("variant", ["plain", "tls-self-signed", "tls-ca"])
 def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant):
@@ -408,17 +433,9 @@ def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant
     container = frontend(objs)
     if variant != "plain":
         make_certificates(tls_dir, f"{FULLNAME}.{NAMESPACE}.svc", with_ca=variant == "tls-ca")
-    port = free_port()
+    proc, port = start_rendered_frontend(objs, tmp_path, f"http://127.0.0.1:{free_port()}", tls_dir)
     rendered_port = container["ports"][0]["containerPort"]
     swap = lambda s: s.replace("/etc/llc/tls", str(tls_dir)).replace(f"127.0.0.1:{rendered_port}", f"127.0.0.1:{port}")  # noqa: E731
-    env = env_of(objs, container)
-    assert env["LLC_LISTEN"] == f"0.0.0.0:{rendered_port}"
-    env.update(LLC_LISTEN=f"127.0.0.1:{port}", LLC_STORE=str(tmp_path / "jobs.sqlite"),
-               RAY_DASHBOARD_ADDRESS=f"http://127.0.0.1:{free_port()}")
-    assert container["command"] == ["llc", "serve"]
-    command = [LLC, "serve", *map(swap, container["args"])]
-    proc = subprocess.Popen(command, env={**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LLC_"))},
-                                          **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     health = healthcheck_module()
     try:
         tls_cert = str(tls_dir / "tls.crt") if variant != "plain" else ""
@@ -438,8 +455,7 @@ def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant
         assert list_estimates(health, f"127.0.0.1:{port}", tls_cert, "probe-token") == "OK"
         assert list_estimates(health, f"127.0.0.1:{port}", tls_cert, "wrong") == "UNAUTHENTICATED"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = stop_process(proc)
     assert proc.returncode == 0, out
     # Not serving any more: the probes fail rather than pass on a stopped front end.
     assert health.check(f"127.0.0.1:{port}", tls_cert=tls_cert, timeout=1)
@@ -466,31 +482,55 @@ def test_healthcheck_reports_a_server_that_is_not_there():
     assert health.main([f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
 
 
-def start_head_with_env(env: dict[str, str], tmp_path: Path) -> RayNode:
-    """A local Ray head (job API on) with the environment the chart gives the head container."""
-    temp_dir = private_temp_dir()
+def ray_start_flags(params: dict[str, str]) -> list[str]:
+    """KubeRay's rayStartParams as `ray start` flags (what the operator does)."""
+    return [f"--{k}={v}" for k, v in params.items()]
+
+
+def start_ray_node(flags: list[str], env: dict[str, str], log_path: Path, temp_dir: str, *, head: bool) -> RayNode:
+    """`ray start --block` with the environment the chart gives that container (a head answers on
+    its job API before this returns; a worker joins in the background)."""
+    log = open(log_path, "w")
     port, dash = free_port(), free_port()
-    log = open(tmp_path / "head.log", "w")
+    where = ["--head", f"--port={port}", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}"] if head else []
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--block", "--head", "--disable-usage-stats",
-         f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=1", f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"],
+        [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats", *where, *flags,
+         "--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_TMPDIR": temp_dir, **env})
-    head = RayNode(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", str(tmp_path / "head.log"), log, temp_dir,
-                   _owns_temp_dir=True)
+    node = RayNode(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}" if head else "", str(log_path), log, temp_dir,
+                   _owns_temp_dir=head)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and head.alive():
+    while head and time.monotonic() < deadline and node.alive():
         try:
-            urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2)
-            return head
+            urllib.request.urlopen(f"{node.dashboard_url}/api/version", timeout=2)
+            return node
         except urllib.error.HTTPError:
-            return head  # answering (401 without a token): up
+            return node  # answering (401 without a token): up
         except OSError:
             time.sleep(0.5)
-    head.stop()
-    pytest.fail(f"the Ray head did not start:\n{head.log_tail()}")
+    while not head and time.monotonic() < deadline and node.alive():
+        if "Ray runtime started" in node.log_tail(200):
+            return node
+        time.sleep(0.3)
+    node.stop()
+    pytest.fail(f"the Ray node did not start:\n{node.log_tail()}")
+
+
+def wait_for_cpus(env: dict[str, str], head_address: str, cpus: int) -> None:
+    """Until the cluster has `cpus` CPUs (a joined worker's resources show up a moment later), as
+    a Ray client with the chart's Ray environment."""
+    code = ("import sys, time, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); t = time.monotonic()\n"
+            "while ray.cluster_resources().get('CPU', 0) < float(sys.argv[2]) and time.monotonic() - t < 60: time.sleep(0.5)\n"
+            "print('CPU', ray.cluster_resources().get('CPU', 0))")
+    out = subprocess.run([sys.executable, "-c", code, head_address, str(cpus)], capture_output=True, text=True, timeout=150,
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **env})
+    assert f"CPU {float(cpus)}" in out.stdout, out.stdout + out.stderr
+
+
+def ray_env(objs: list[dict], container: dict) -> dict[str, str]:
+    return {k: v for k, v in env_of(objs, container).items() if k.startswith("RAY_")}
 
 
 def list_ray_jobs(env: dict[str, str], url: str) -> subprocess.CompletedProcess:
@@ -504,13 +544,51 @@ def list_ray_jobs(env: dict[str, str], url: str) -> subprocess.CompletedProcess:
 def test_the_charts_ray_token_opens_the_heads_job_api_to_the_front_end_only(helm, tmp_path):
     objs = render(helm, tmp_path)
     head_container = one(objs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    head_env = {k: v for k, v in env_of(objs, head_container).items() if k.startswith("RAY_")}
+    head_env = ray_env(objs, head_container)
     front_env = {k: v for k, v in env_of(objs, frontend(objs)).items() if k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     assert head_env["RAY_AUTH_MODE"] == front_env["RAY_AUTH_MODE"] == "token"
-    with start_head_with_env(head_env, tmp_path) as head:
+    flags = ["--num-cpus=0", "--dashboard-host=127.0.0.1"]
+    with start_ray_node(flags, head_env, tmp_path / "head.log", private_temp_dir(), head=True) as head:
         ok = list_ray_jobs(front_env, head.dashboard_url)
         assert ok.returncode == 0 and "jobs 0" in ok.stdout, ok.stdout + ok.stderr
         wrong = list_ray_jobs({**front_env, "RAY_AUTH_TOKEN": "not-the-token"}, head.dashboard_url)
         assert wrong.returncode != 0 and "authentication token is invalid" in wrong.stderr, wrong.stdout + wrong.stderr
         none = list_ray_jobs({"RAY_AUTH_MODE": "disabled"}, head.dashboard_url)
         assert none.returncode != 0 and "no authentication token was found" in none.stderr, none.stdout + none.stderr
+
+
+@pytest.mark.slow  # a Ray head and worker, the front end and an estimate's driver and chains
+def test_the_deployment_in_miniature_runs_an_estimate(helm, tmp_path, tiny_lm_dirs, text_jsonl):
+    """The chart's topology on this machine: a head with the head group's rayStartParams and
+    environment (num-cpus 0: it only runs the driver and the job API), a worker with the cpu
+    group's, the rendered front end pointed at the head's job API, and a tiny estimate through the
+    API with the Secret's token. Only addresses, ports and the worker's CPU count are local."""
+    from llc import Client
+
+    objs = render(helm, tmp_path, {"auth": {"token": "mini-token"}})
+    ray = one(objs, "RayCluster")["spec"]
+    head_spec, (cpu_group,) = ray["headGroupSpec"], ray["workerGroupSpecs"]
+    head_params = {k: v for k, v in head_spec["rayStartParams"].items() if not k.startswith("dashboard-")}
+    assert head_params == {"num-cpus": "0"}
+    temp_dir = private_temp_dir()
+    with start_ray_node(ray_start_flags(head_params) + ["--dashboard-host=127.0.0.1"],
+                        ray_env(objs, head_spec["template"]["spec"]["containers"][0]), tmp_path / "head.log",
+                        temp_dir, head=True) as head:
+        worker_flags = ray_start_flags(cpu_group["rayStartParams"]) + [f"--address={head.address}", "--num-cpus=2"]
+        with start_ray_node(worker_flags, ray_env(objs, cpu_group["template"]["spec"]["containers"][0]),
+                            tmp_path / "worker.log", temp_dir, head=False) as worker:
+            # Ready as `kubectl wait raycluster --for=jsonpath=.status.state=ready` would say. (The
+            # driver refuses an estimate that no node present can hold; see helm/README.md.)
+            wait_for_cpus(ray_env(objs, head_spec["template"]["spec"]["containers"][0]), head.address, 2)
+            proc, port = start_rendered_frontend(objs, tmp_path, head.dashboard_url, tmp_path)
+            try:
+                with Client(f"127.0.0.1:{port}", token="mini-token") as client:
+                    client.wait_ready(60)
+                    est = client.submit(str(tiny_lm_dirs["gpt2"]), str(text_jsonl), chains=2, draws=10,
+                                        context_length=16, batch_size=4, step_size=1e-3)
+                    final = client.wait(est.id, timeout=300)
+            finally:
+                out = stop_process(proc)
+            assert final.state == "SUCCEEDED", f"{final.error_code}: {final.error_message}\n{out}\n{worker.log_tail()}"
+            (result,) = final.result.restrictions
+            assert len(result.llc_per_chain) == 2
