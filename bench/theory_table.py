@@ -1,0 +1,192 @@
+"""Deep linear networks: the engine's λ̂ against Aoyagi's closed form, one row per shape.
+
+    .venv/bin/python bench/theory_table.py            # full table (~20 min on 2 busy CPU cores)
+    .venv/bin/python bench/theory_table.py --quick    # the smallest rows, short chains (~2 min)
+    .venv/bin/python bench/theory_table.py --rows 2 4 --step-size 1e-6 --steps 4000   # tuning
+
+Prints shape, parameters, rank, true λ, λ̂ ± std (over chains), relative error,
+MALA acceptance, time; exits 1 if a row misses its tolerance (15%), or the median
+relative error exceeds 10%, or a row diverged.
+
+Setup (after Furman & Lau 2024, "Estimating the local learning coefficient at scale"):
+- Model f(x) = W_L ⋯ W_1 x without biases; w* keeps a random orthogonal r×r block in
+  the corner of every W_i and zeros elsewhere (cluster/engine/dln.py): the most singular
+  point of the true set, where the local learning coefficient is Aoyagi's λ.
+- Data: n = 10,000 examples x ~ U[-10, 10]^H_0, y = f_{w*}(x) (noiseless);
+  loss ½·mean‖f(x) - y‖²; batches of 500 reshuffled every pass (per-chain seeds).
+- SGLD (plain, not RMSprop), γ = 1, nβ = n / log n, L(w*) over the whole set (it is 0).
+- Step size ε and steps per chain per row (ROWS below): ε shrinks as the widest layer
+  grows, so that ε·T·H_max, the squared distance the chain diffuses along a dead
+  hidden unit, stays the same order across rows (see bench/README.md).
+- Draws: the last 10% of steps (burn_in = 0.9·T, every step a draw); 4 chains.
+RMSprop-SGLD is left out: at w* the gradient is exactly 0, so V = 0 and the first
+step is preconditioned by 1/a, which throws the chain off on these noiseless problems.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.engine import SamplerConfig, estimate_llc  # noqa: E402
+from cluster.engine.dln import dln_loss, make_dln, make_dln_data, parameter_count  # noqa: E402
+from cluster.engine.theory import deep_linear_network  # noqa: E402
+
+N_EXAMPLES = 10_000
+BATCH = 500
+GAMMA = 1.0
+CHAINS = 4
+DRAW_FRACTION = 0.1
+ROW_TOLERANCE = 0.15
+MEDIAN_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class Row:
+    widths: tuple[int, ...]
+    rank: int
+    step_size: float
+    steps: int
+
+    @property
+    def params(self) -> int:
+        return parameter_count(self.widths)
+
+    @property
+    def truth(self) -> float:
+        return deep_linear_network(self.widths, self.rank)
+
+
+ROWS = [
+    Row((10, 5, 10), 2, 2e-6, 10_000),
+    Row((10, 20, 20, 10), 5, 2e-6, 10_000),
+    Row((20, 30, 30, 20), 5, 1e-6, 6_000),
+    Row((40, 60, 60, 40), 10, 5e-7, 4_000),
+    Row((50, 100, 100, 100, 50), 10, 3e-7, 3_000),
+    Row((100, 200, 200, 200, 100), 20, 1.5e-7, 2_000),
+]
+QUICK = [0, 1]  # rows of --quick, with a quarter of the steps (and ε·4 to keep ε·T)
+
+
+class ShuffledBatches:
+    """Re-iterable minibatches of (x, y), reshuffled by torch's global RNG on every
+    pass: the engine seeds it per chain, so each chain sees its own order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int):
+        self.x, self.y, self.batch = x, y, batch
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x))
+        for i in range(len(self)):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            yield self.x[idx], self.y[idx]
+
+
+def sampler_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerConfig:
+    draws = max(1, round(row.steps * DRAW_FRACTION))
+    return SamplerConfig(
+        method="sgld",
+        step_size=row.step_size,
+        nbeta=N_EXAMPLES / math.log(N_EXAMPLES),
+        gamma=GAMMA,
+        chains=chains,
+        burn_in=row.steps - draws,
+        draws=draws,
+        seed=seed,
+        init_loss="full",
+        mala=True,
+        fetch_every=500,
+    )
+
+
+def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1) -> dict:
+    model = make_dln(row.widths, row.rank, seed=seed)
+    x, y = make_dln_data(model, N_EXAMPLES, seed=seed)
+    start = time.perf_counter()
+    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, BATCH), sampler_config(row, chains=chains, seed=seed),
+                          workers=workers)
+    seconds = time.perf_counter() - start
+    rel = abs(result.llc_mean - row.truth) / row.truth if math.isfinite(result.llc_mean) else math.inf
+    return {
+        "row": row,
+        "llc": result.llc_mean,
+        "std": result.llc_std,
+        "rel": rel,
+        "mala": result.diagnostics["mala_acceptance"],
+        "diverged": result.diagnostics["diverged_chains"],
+        "warnings": result.warnings,
+        "seconds": seconds,
+    }
+
+
+def format_row(r: dict) -> str:
+    row = r["row"]
+    shape = "-".join(map(str, row.widths))
+    mala = f"{r['mala']:.2f}" if r["mala"] is not None else "  - "
+    est = f"{r['llc']:9.1f} ± {r['std']:6.1f}" if math.isfinite(r["llc"]) else f"{'diverged':>18}"
+    mark = "" if r["rel"] <= ROW_TOLERANCE and not r["diverged"] else "  MISS"
+    return (f"{shape:<24}{row.params:>8}{row.rank:>5}{row.truth:>9.1f} {est}{r['rel']:>8.1%}{mala:>6}"
+            f"{row.step_size:>9.1e}{row.steps:>7}{r['seconds']:>7.0f}s{mark}")
+
+
+HEADER = f"{'shape':<24}{'params':>8}{'rank':>5}{'true λ':>9} {'λ̂ ± std':>18}{'rel.err':>8}{'MALA':>6}{'ε':>9}{'steps':>7}{'time':>8}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smallest rows, a quarter of the steps")
+    parser.add_argument("--rows", type=int, nargs="*", help="indices into ROWS (default: all)")
+    parser.add_argument("--step-size", type=float, help="override ε for every row (tuning)")
+    parser.add_argument("--steps", type=int, help="override steps per chain for every row (tuning)")
+    parser.add_argument("--chains", type=int, default=CHAINS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--workers", type=int, default=1, help="chains run concurrently (estimate_llc workers)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    indices = args.rows if args.rows is not None else (QUICK if args.quick else range(len(ROWS)))
+    rows = []
+    for i in indices:
+        if not 0 <= i < len(ROWS):
+            parser.error(f"--rows: index {i} is not in [0, {len(ROWS)})")
+        row = ROWS[i]
+        if args.quick:
+            row = Row(row.widths, row.rank, row.step_size * 4, row.steps // 4)
+        if args.step_size or args.steps:
+            row = Row(row.widths, row.rank, args.step_size or row.step_size, args.steps or row.steps)
+        rows.append(row)
+
+    print(f"n = {N_EXAMPLES}, batch = {BATCH}, nβ = n/log n = {N_EXAMPLES / math.log(N_EXAMPLES):.1f}, γ = {GAMMA}, "
+          f"{args.chains} chains, draws = last {DRAW_FRACTION:.0%} of steps, plain SGLD", flush=True)
+    print(HEADER, flush=True)
+    results = []
+    for row in rows:
+        r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers)
+        results.append(r)
+        print(format_row(r), flush=True)
+        for w in r["warnings"]:
+            print(f"    warning: {w}", flush=True)
+
+    errors = [r["rel"] for r in results]
+    median = statistics.median(errors)
+    misses = [r for r in results if r["rel"] > ROW_TOLERANCE or r["diverged"]]
+    print(f"median relative error {median:.1%} (target ≤ {MEDIAN_TOLERANCE:.0%}); "
+          f"{len(misses)} of {len(results)} rows outside ±{ROW_TOLERANCE:.0%}")
+    return 1 if misses or median > MEDIAN_TOLERANCE else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
