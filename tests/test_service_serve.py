@@ -40,7 +40,9 @@ def test_ray_address_without_a_job_api_says_how_to_give_one(monkeypatch):
 
 def serve(tmp_path, *args) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([LLC, "serve", "--listen", f"127.0.0.1:{port}", "--store", str(tmp_path / "j.sqlite"), *args],
+    if "--store" not in args:
+        args = ("--store", str(tmp_path / "j.sqlite"), *args)
+    proc = subprocess.Popen([LLC, "serve", "--listen", f"127.0.0.1:{port}", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS")})
     return proc, f"127.0.0.1:{port}"
@@ -52,16 +54,32 @@ def stop(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_serve_joins_a_given_cluster_and_stops_cleanly_on_sigterm(tmp_path):
-    proc, address = serve(tmp_path, "--ray-dashboard", f"http://127.0.0.1:{free_port()}")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_serve_joins_a_given_cluster_and_stops_cleanly_on_sigterm(tmp_path, backend):
+    store_args, schema = [], ""
+    if backend == "postgres":
+        import uuid
+
+        from tests.fixtures.service import postgres_url
+
+        schema = f"llc_test_{uuid.uuid4().hex[:12]}"
+        store_args = ["--store", postgres_url(), "--store-schema", schema]
+    proc, address = serve(tmp_path, "--ray-dashboard", f"http://127.0.0.1:{free_port()}", *store_args)
     try:
         with Client(address) as client:
             client.wait_ready(60)
             assert client.list() == []
     finally:
         out = stop(proc)
+        if schema:
+            from service.store import open_store
+
+            cleanup = open_store(postgres_url(), schema=schema)
+            cleanup.drop()
+            cleanup.close()
     assert proc.returncode == 0, out
     assert "serving on" in out and "stopping" in out and "starting a local Ray" not in out
+    assert ("postgresql://" in out) == (backend == "postgres")  # it used the store it was given
 
 
 @pytest.mark.slow

@@ -48,7 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "with `pip install -e .` (scripts/setup) or run the server elsewhere and point the client at it.",
               file=sys.stderr)
         return 2
-    settings = {k: v for k, v in dict(address=args.listen, store_url=args.store, token=args.token or "",
+    settings = {k: v for k, v in dict(address=args.listen, store_url=args.store, store_schema=args.store_schema,
+                                      token=args.token or "",
                                       tls_cert=args.tls_cert, tls_key=args.tls_key, max_chains=args.max_chains,
                                       max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
                                       max_active_per_client=args.max_active_per_client).items() if v not in (None, "")}
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", default=os.environ.get("LLC_LISTEN", DEFAULT_ADDRESS), help="host:port to serve on")
     s.add_argument("--store", default=os.environ.get("LLC_STORE", "llc-jobs.sqlite"),
                    help="SQLite file or postgresql://user@host:5432/db (default %(default)s)")
+    s.add_argument("--store-schema", default=os.environ.get("LLC_STORE_SCHEMA"),
+                   help="PostgreSQL schema of the job tables (default llc)")
     s.add_argument("--ray-dashboard", help="join this Ray cluster's job API (http://host:8265); default: "
                    "$RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS, else start a local Ray cluster")
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")

@@ -118,13 +118,14 @@ class Client:
     def cancel(self, estimate_id: str) -> Estimate:
         return Estimate.from_proto(self._call("CancelEstimate", pb.CancelEstimateRequest(estimate_id=estimate_id)).estimate)
 
-    def watch(self, estimate_id: str, *, after_seq: int | None = None, reconnect: bool = True,
+    def watch(self, estimate_id: str, *, after_seq: int | None = None, reconnect_for: float = 120.0,
               timeout: float | None = None) -> Iterator[Event]:
         """Yields the estimate's current state (a snapshot), then live events, until it ends.
-        After a dropped connection it resumes from the last event seen (nothing is lost)."""
+        After a dropped connection (a server restart) it keeps reconnecting for up to
+        `reconnect_for` seconds and resumes from the last event seen: nothing is lost."""
         deadline = time.monotonic() + timeout if timeout else None
         last = after_seq
-        failures = 0
+        failures, down_since = 0, 0.0
         while True:
             request = pb.WatchEstimateRequest(estimate_id=estimate_id)
             if last is not None:
@@ -133,6 +134,7 @@ class Client:
             try:
                 for msg in self._stub.WatchEstimate(request, metadata=self._metadata, timeout=remaining):
                     failures = 0
+                    down_since = 0.0
                     event = Event.from_proto(msg)
                     if event.kind != "snapshot":
                         last = event.seq
@@ -142,7 +144,8 @@ class Client:
                 return  # the server ends the stream after the terminal snapshot
             except grpc.RpcError as exc:
                 failures += 1
-                if not reconnect or exc.code() not in _RETRYABLE or failures > 10:
+                down_since = down_since or time.monotonic()
+                if exc.code() not in _RETRYABLE or time.monotonic() - down_since > reconnect_for:
                     raise self._error(exc) from None
                 time.sleep(min(5.0, 0.2 * 2 ** failures))
 
