@@ -424,9 +424,8 @@ def stop_process(proc: subprocess.Popen) -> str:
 @pytest.mark.slow  # runs `llc serve` and probe processes
 @pytest.mark.parametrize("variant", ["plain", "tls-self-signed", "tls-ca"])
 def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant):
-    """The Deployment's container (command, args, environment from the rendered ConfigMap and
-    Secrets) started as `llc serve`; then its probes, as the kubelet runs them, and a call with the
-    Secret's token. Only host paths, the listen port and the Ray URL (no cluster here) are swapped."""
+    """The rendered front end (start_rendered_frontend; no Ray behind it), its probes as the
+    kubelet runs them, and calls with and without the Secret's token."""
     tls_dir = tmp_path / "tls"
     values = {"auth": {"token": "probe-token"}, **(TLS if variant != "plain" else {})}
     objs = render(helm, tmp_path, values)
