@@ -46,7 +46,8 @@ POSTGRES = {"store": {"type": "postgresql", "postgresql": {"url": "postgresql://
             "frontend": {"replicas": 3}}
 VARIANTS = {"default": {}, "gpu": GPU, "tls": TLS, "postgres": POSTGRES,
             "everything": {**GPU, **TLS, **POSTGRES, "sharedStorage": {"enabled": True},
-                           "huggingface": {"tokenSecret": "hf"}, "auth": {"token": "s3cret"}}}
+                           "huggingface": {"tokenSecret": "hf"}, "auth": {"token": "s3cret"},
+                           "networkPolicy": {"enabled": True}}}
 
 
 # ------------------------------------------------------------------ helm
@@ -306,6 +307,24 @@ def test_shared_storage_is_seen_at_one_path_everywhere(helm, tmp_path):
         assert volume["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-shared"
         assert any(m["name"] == "shared" and m["mountPath"] == "/models" for m in pod["containers"][0]["volumeMounts"])
     assert env_of(objs, ray["headGroupSpec"]["template"]["spec"]["containers"][0])["HF_HOME"] == "/models/huggingface"
+
+
+def test_network_policies_select_the_pods_they_protect(helm, tmp_path):
+    assert not [o for o in render(helm, tmp_path) if o["kind"] == "NetworkPolicy"]
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "science"}}}]
+    objs = render(helm, tmp_path, {"networkPolicy": {"enabled": True, "frontendFrom": peers}})
+    ray_cluster = one(objs, "RayCluster")
+    ray_policy = one(objs, "NetworkPolicy", f"{FULLNAME}-ray")["spec"]
+    # KubeRay labels every pod of a cluster ray.io/cluster=<RayCluster name>.
+    assert ray_policy["podSelector"]["matchLabels"] == {"ray.io/cluster": ray_cluster["metadata"]["name"]}
+    pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    from_frontend = next(rule for rule in ray_policy["ingress"] if "ports" in rule)
+    assert from_frontend["from"][0]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    dashboard_port = int(ray_cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-port"])
+    assert from_frontend["ports"] == [{"port": dashboard_port, "protocol": "TCP"}]
+    frontend_policy = one(objs, "NetworkPolicy", f"{FULLNAME}-frontend")["spec"]
+    assert frontend_policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert frontend_policy["ingress"] == [{"ports": [{"port": 50051, "protocol": "TCP"}], "from": peers}]
 
 
 def test_chart_ray_version_matches_the_pinned_ray():
