@@ -143,6 +143,17 @@ def test_lint(helm, tmp_path, variant):
     assert "0 chart(s) failed" in out.stdout
 
 
+def test_the_chart_packages_with_what_it_needs(helm, tmp_path):
+    out = subprocess.run([helm, "package", str(CHART), "-d", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import tarfile
+
+    with tarfile.open(tmp_path / "llc-0.1.0.tgz") as archive:
+        names = set(archive.getnames())
+    assert {"llc/Chart.yaml", "llc/values.yaml", "llc/values.schema.json", "llc/templates/NOTES.txt",
+            "llc/templates/raycluster.yaml", "llc/templates/tests/test-connection.yaml"} <= names
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_object_is_valid_kubernetes_and_the_raycluster_valid_kuberay(helm, tmp_path, variant,
                                                                             raycluster_validator):
