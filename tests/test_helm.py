@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -146,8 +147,6 @@ def test_lint(helm, tmp_path, variant):
 def test_the_chart_packages_with_what_it_needs(helm, tmp_path):
     out = subprocess.run([helm, "package", str(CHART), "-d", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    import tarfile
-
     with tarfile.open(tmp_path / "llc-0.1.0.tgz") as archive:
         names = set(archive.getnames())
     assert {"llc/Chart.yaml", "llc/values.yaml", "llc/values.schema.json", "llc/templates/NOTES.txt",
