@@ -52,7 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       token=args.token or "",
                                       tls_cert=args.tls_cert, tls_key=args.tls_key, max_chains=args.max_chains,
                                       max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
-                                      max_active_per_client=args.max_active_per_client).items() if v not in (None, "")}
+                                      max_active_per_client=args.max_active_per_client,
+                                      driver_python=args.driver_python,
+                                      check_local_paths=not args.no_check_local_paths).items() if v not in (None, "")}
     serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
     return 0
 
@@ -216,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-dashboard", help="join this Ray cluster's job API (http://host:8265); default: "
                    "$RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS, else start a local Ray cluster")
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    s.add_argument("--driver-python", default=os.environ.get("LLC_DRIVER_PYTHON"),
+                   help="interpreter that runs `-m cluster.driver` on the Ray head (default: this one)")
+    s.add_argument("--no-check-local-paths", action="store_true",
+                   default=os.environ.get("LLC_CHECK_LOCAL_PATHS", "1") == "0",
+                   help="do not check that local model/data paths exist here (the cluster has other files)")
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--max-chains", type=int)
