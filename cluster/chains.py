@@ -57,7 +57,8 @@ class ChainUnit:
 class _Worker:
     handle: Any
     index: int
-    ready: bool = False
+    placed: bool = False  # Ray found room for it and its process runs
+    ready: bool = False  # it has loaded the model, data and restrictions
     busy: bool = False
     summary: dict[str, Any] | None = None
 
@@ -85,7 +86,7 @@ class ChainPool:
                  on_ready: Callable[[dict[str, Any]], None] = lambda s: None,
                  on_progress: Callable[[int, int, dict[str, Any]], None] = lambda r, c, p: None,
                  on_chain: Callable[[ChainUnit, str, dict[str, Any] | None, str], None] = lambda *a: None,
-                 progress_interval: float = 1.0, tick: float = 0.25):
+                 progress_interval: float = 1.0, tick: float = 0.25, placement_timeout: float = 300.0):
         self.spec = spec
         self.resources = resources
         self.size = size
@@ -94,6 +95,8 @@ class ChainPool:
         self.on_ready, self.on_progress, self.on_chain = on_ready, on_progress, on_chain
         self.progress_interval = progress_interval
         self.tick = tick
+        self.placement_timeout = placement_timeout
+        self._none_placed_since = time.monotonic()
         self.max_attempts = spec.compute.max_chain_retries + 1
         # Deaths of workers we tolerate in all (loading included) before giving up on the cluster.
         self.death_budget = size * self.max_attempts
@@ -110,7 +113,11 @@ class ChainPool:
 
     # -- workers -------------------------------------------------------------
     def start(self) -> None:
-        self._board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: losing a worker node must not take the job's progress with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._board = ray.remote(ProgressBoard).options(num_cpus=0, scheduling_strategy=here).remote()
         for _ in range(self.size):
             self._spawn()
 
@@ -122,13 +129,17 @@ class ChainPool:
         w = _Worker(handle=actor, index=self._next_index)
         self._next_index += 1
         self.workers.append(w)
+        self._inflight[actor.where.remote()] = ("placed", w, None)  # answers once the process runs
         self._inflight[actor.prepare.remote()] = ("prepare", w, None)
         return w
 
     def _replace(self, dead: _Worker, why: str) -> None:
         self.deaths += 1
         self.workers.remove(dead)
-        ray.kill(dead.handle, no_restart=True)
+        try:
+            ray.kill(dead.handle, no_restart=True)
+        except Exception:  # already gone with its node
+            pass
         for ref, (kind, w, payload) in list(self._inflight.items()):
             if w is dead and kind == "prepare":
                 del self._inflight[ref]
@@ -223,6 +234,15 @@ class ChainPool:
         return self.results
 
     def _check_stop(self) -> None:
+        if any(w.placed for w in self.workers):
+            self._none_placed_since = time.monotonic()
+        elif time.monotonic() - self._none_placed_since > self.placement_timeout:
+            r = self.resources
+            raise Unavailable(
+                f"no chain worker could be placed for {self.placement_timeout:.0f} s: no Ray node has "
+                f"{r.num_cpus:g} CPUs and {r.num_gpus:g} GPUs free (other jobs hold them, or nodes were lost); "
+                "retry later, add nodes, or lower compute.cpus_per_chain / compute.gpus_per_chain"
+            )
         if self.stop.is_set():
             raise JobCancelled("the job was cancelled; its chains were stopped")
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -233,6 +253,9 @@ class ChainPool:
 
     def _finished(self, kind: str, w: _Worker, payload: Any, value: Any) -> None:
         w.busy = False
+        if kind == "placed":
+            w.placed = True
+            return
         if kind == "prepare":
             w.ready, w.summary = True, value
             self.worker_summaries.append(value)
@@ -253,7 +276,7 @@ class ChainPool:
         if isinstance(cause, LLCError):
             raise cause  # a problem with the request (model, data, restriction): retrying cannot help
         message = f"{type(cause).__name__}: {_short(cause)}"
-        if kind == "prepare":
+        if kind in ("placed", "prepare"):
             raise WorkerFailed(f"loading the model and data failed on a worker: {message}")
         if kind == "init_loss":
             if loss_attempts[payload] >= self.max_attempts:

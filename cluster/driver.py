@@ -30,6 +30,8 @@ log = logging.getLogger("cluster.driver")
 
 # Caps the chain workers of one job (0 = one per chain slot of the cluster), e.g. on a shared cluster.
 MAX_WORKERS_ENV = "LLC_MAX_CHAIN_WORKERS"
+# How long a job waits with not one chain worker placed (no free CPUs/GPUs) before it fails UNAVAILABLE.
+PLACEMENT_TIMEOUT_ENV = "LLC_PLACEMENT_TIMEOUT_S"
 
 
 def read_spec(args: argparse.Namespace) -> JobSpec:
@@ -100,6 +102,7 @@ class Job:
         size = pool_size(resources, alive_node_resources(), units, int(os.environ.get(MAX_WORKERS_ENV, "0") or 0))
         deadline = time.monotonic() + spec.compute.timeout_s if spec.compute.timeout_s > 0 else None
         self.pool = ChainPool(spec, resources, size, stop=self.stop, deadline=deadline,
+                              placement_timeout=float(os.environ.get(PLACEMENT_TIMEOUT_ENV, "300") or 300),
                               on_ready=self._ready, on_progress=self._progress, on_chain=self._chain)
         log.info("starting %d chain workers for %d units", size, units)
         self.pool.start()

@@ -181,3 +181,12 @@ def test_driver_without_a_ray_cluster_says_how_to_reach_one(monkeypatch, tmp_pat
     code, events = run_main(["--spec", str(path)], capsys)
     assert code == 1 and events[-1]["code"] == "UNAVAILABLE"
     assert "RAY_ADDRESS" in events[-1]["message"] and "--local" in events[-1]["message"]
+
+
+def test_a_job_whose_workers_cannot_be_placed_fails_naming_the_resources():
+    spec = make_spec(compute={"cpus_per_chain": 2, "gpus_per_chain": 0.5})
+    pool = ChainPool(spec, ChainResources(2, 0.5), 1, stop=threading.Event(), placement_timeout=0.0)
+    pool._none_placed_since -= 1
+    with pytest.raises(Exception) as info:
+        pool._check_stop()
+    assert info.value.code == "UNAVAILABLE" and "2 CPUs and 0.5 GPUs" in info.value.message
