@@ -22,6 +22,9 @@ from service.runner import RayJobRunner
 from service.store import JobRecord, JobStore
 
 
+EVENT_PAGE = 1000  # events read from the store per query by a watch
+
+
 def fingerprint(spec: dict) -> str:
     """Identifies a request's content (everything but the server-chosen job id)."""
     body = {k: v for k, v in spec.items() if k != "job_id"}
@@ -150,12 +153,16 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         while True:
             wake = self.notifier.waiter(rec.id)
             rec = self._job(rec.id)  # the state before the events: every event behind it is sent below
-            for stored in self.store.events(rec.id, after):
-                after = stored.seq
-                msg = convert.event_to_proto(stored)
-                if msg is not None:
-                    yield msg
-                    unsent = True
+            while True:  # in pages, so a long history neither loads at once nor gets cut off
+                page = self.store.events(rec.id, after, limit=EVENT_PAGE)
+                for stored in page:
+                    after = stored.seq
+                    msg = convert.event_to_proto(stored)
+                    if msg is not None:
+                        yield msg
+                        unsent = True
+                if len(page) < EVENT_PAGE:
+                    break
             # The stream always ends with a snapshot of the terminal state, after every event.
             if rec.state != sent_state or (rec.state.is_terminal and unsent):
                 yield pb.WatchEstimateResponse(seq=max(after, rec.last_seq), snapshot=convert.estimate_to_proto(rec))

@@ -302,3 +302,57 @@ def test_the_server_runs_on_either_store_backend(make_server, store_url):
         assert got.state == pb.ESTIMATE_STATE_RUNNING and got.start_time.seconds > 0
         listed = llc.ListEstimates(pb.ListEstimatesRequest(), metadata=CLIENT, timeout=10).estimates
         assert [e.estimate_id for e in listed] == ["est-a"]
+
+
+def test_watch_replays_a_long_history_in_order_then_the_final_snapshot(server, stub, monkeypatch):
+    import service.servicer
+
+    monkeypatch.setattr(service.servicer, "EVENT_PAGE", 7)  # several pages
+    _stored(server, "est-long")
+    store = server.server.store
+    store.add_events("est-long", [{"type": "progress", "seq": i, "time": 1.0, "restriction": "full", "chain": 0,
+                                   "step": i, "total_steps": 30, "llc_running": 0.1} for i in range(30)])
+    store.transition("est-long", JobState.RUNNING)
+    store.transition("est-long", JobState.SUCCEEDED, result={"restrictions": []})
+    msgs = list(stub[0].WatchEstimate(pb.WatchEstimateRequest(estimate_id="est-long", after_seq=4), metadata=CLIENT,
+                                      timeout=10))
+    assert msgs[0].WhichOneof("event") == "snapshot"
+    assert [m.seq for m in msgs[1:-1]] == list(range(5, 30)) and msgs[5].progress.step == 9
+    assert msgs[-1].snapshot.state == pb.ESTIMATE_STATE_SUCCEEDED
+
+
+def test_a_watch_sees_changes_another_front_end_writes_to_the_shared_store(make_server):
+    """Two front ends on one store: what one stores, watchers on the other see (by re-reading
+    the store every watch_poll_s), first the snapshot, then events, then the end."""
+    import threading
+
+    server = make_server(watch_poll_s=0.2)
+    _stored(server, "est-shared")
+    received = []
+    with grpc.insecure_channel(server.address) as channel:
+        llc = llc_pb2_grpc.LLCServiceStub(channel)
+        stream = llc.WatchEstimate(pb.WatchEstimateRequest(estimate_id="est-shared"), metadata=CLIENT, timeout=30)
+        first = threading.Event()
+
+        def read():
+            for msg in stream:
+                received.append(msg)
+                first.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(10)  # the watch is open (its first snapshot arrived) before anything changes
+        other = __import__("service.store", fromlist=["open_store"]).open_store(server.server.config.store_url)
+        try:
+            other.add_events("est-shared", [{"type": "started", "seq": 0, "time": 1.0, "chains_total": 2,
+                                             "restrictions": ["full"]}])
+            other.transition("est-shared", JobState.RUNNING)
+            other.add_events("est-shared", [{"type": "chain", "seq": 1, "time": 1.0, "restriction": "full",
+                                             "chain": 0, "status": "succeeded", "llc": 1.0}])
+            other.transition("est-shared", JobState.CANCELLED, error_code="CANCELLED", error_message="by test")
+        finally:
+            other.close()
+        reader.join(20)
+    kinds = [m.WhichOneof("event") for m in received]
+    assert kinds[0] == "snapshot" and "started" in kinds and "chain" in kinds and kinds[-1] == "snapshot"
+    assert received[-1].snapshot.state == pb.ESTIMATE_STATE_CANCELLED and received[-1].snapshot.error.message == "by test"
