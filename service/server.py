@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llc.v1 import llc_pb2, llc_pb2_grpc
 
+from cluster.errors import Unavailable
 from service.config import ServerConfig
 from service.interceptors import AuthInterceptor, ErrorInterceptor
 from service.notify import JobNotifier
@@ -57,12 +58,17 @@ class LLCServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        if c.tls_cert:
-            with open(c.tls_key, "rb") as key, open(c.tls_cert, "rb") as cert:
-                creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            self.port = self._server.add_secure_port(c.address, creds)
-        else:
-            self.port = self._server.add_insecure_port(c.address)
+        try:
+            if c.tls_cert:
+                with open(c.tls_key, "rb") as key, open(c.tls_cert, "rb") as cert:
+                    creds = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                self.port = self._server.add_secure_port(c.address, creds)
+            else:
+                self.port = self._server.add_insecure_port(c.address)
+        except RuntimeError as exc:  # grpc says only "Failed to bind"
+            self.store.close()
+            raise Unavailable(f"cannot listen on {c.address} ({exc}); is another server using that port? "
+                              "choose another with --listen HOST:PORT (port 0 = any free one)") from None
         await self._server.start()
         resumed = self._runner.resume()
         if resumed:
@@ -105,7 +111,12 @@ class BackgroundServer:
 
     def start(self) -> "BackgroundServer":
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=60)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=60)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            raise
         return self
 
     def stop(self, grace: float = 1.0) -> None:

@@ -356,3 +356,19 @@ def test_a_watch_sees_changes_another_front_end_writes_to_the_shared_store(make_
     kinds = [m.WhichOneof("event") for m in received]
     assert kinds[0] == "snapshot" and "started" in kinds and "chain" in kinds and kinds[-1] == "snapshot"
     assert received[-1].snapshot.state == pb.ESTIMATE_STATE_CANCELLED and received[-1].snapshot.error.message == "by test"
+
+
+def test_a_port_in_use_is_a_clear_error(make_server, tmp_path, dead_ray_url):
+    import socket
+
+    from cluster.errors import Unavailable
+    from service.config import ServerConfig
+    from service.server import BackgroundServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{port}.*--listen"):
+            BackgroundServer(ServerConfig(address=f"127.0.0.1:{port}", store_url=str(tmp_path / "j.sqlite"),
+                                          ray_dashboard_url=dead_ray_url)).start()

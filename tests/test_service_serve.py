@@ -93,3 +93,10 @@ def test_serve_embedded_default_starts_and_stops_a_local_ray(tmp_path):
         out = stop(proc)
     assert proc.returncode == 0, out
     assert "starting a local Ray cluster (1 CPUs)" in out and "local Ray: 127.0.0.1:" in out
+
+
+def test_serve_with_bad_settings_says_what_to_change(tmp_path):
+    out = subprocess.run([LLC, "serve", "--listen", "nonsense", "--ray-dashboard", "http://127.0.0.1:1",
+                          "--store", str(tmp_path / "j.sqlite")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr and "host:port" in out.stderr
+    assert "Traceback" not in out.stderr

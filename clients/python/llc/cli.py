@@ -55,7 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       max_active_per_client=args.max_active_per_client,
                                       driver_python=args.driver_python,
                                       check_local_paths=not args.no_check_local_paths).items() if v not in (None, "")}
-    serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
+    try:
+        serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
+    except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
+        if not (hasattr(exc, "code") and hasattr(exc, "message")):
+            raise
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 
