@@ -106,8 +106,8 @@ class RayNode:
         self.stop()
 
 
-def _spawn(args: list[str], name: str, temp_dir: str) -> tuple[subprocess.Popen, str, object]:
-    log = tempfile.NamedTemporaryFile("w", prefix=f"llc-{name}-", suffix=".log", delete=False)
+def _spawn(args: list[str], name: str, temp_dir: str, log_dir: str | None = None) -> tuple[subprocess.Popen, str, object]:
+    log = tempfile.NamedTemporaryFile("w", prefix=f"llc-{name}-", suffix=".log", delete=False, dir=log_dir)
     proc = subprocess.Popen([_ray_cli(), "start", "--block", "--disable-usage-stats", *args], stdout=log,
                             stderr=subprocess.STDOUT, env=_env(temp_dir), start_new_session=True)
     return proc, log.name, log
@@ -135,7 +135,8 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
         args.append(f"--num-gpus={num_gpus}")
     if resources:
         args.append(f"--resources={json.dumps(resources)}")
-    proc, log_path, log = _spawn(args, "head", temp_dir)
+    # The node's own log goes with its private temp dir (removed by stop()); else to /tmp.
+    proc, log_path, log = _spawn(args, "head", temp_dir, temp_dir if owns else None)
     node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log, temp_dir, owns)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ a live progress bar, prints the result table, and shuts everything down.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,9 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
         if server is not None:
             server.stop()
         head.stop()
-        print("[demo] server and Ray stopped", flush=True)
+        if not workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        print("[demo] server and Ray stopped" + ("" if workdir else "; temporary files removed"), flush=True)
 
 
 if __name__ == "__main__":
