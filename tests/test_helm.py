@@ -203,6 +203,38 @@ def test_the_front_end_submits_to_the_heads_job_api(helm, tmp_path, monkeypatch)
     assert resolve_dashboard("") == env["RAY_DASHBOARD_ADDRESS"]
 
 
+@pytest.mark.parametrize("variant", ["default", "everything"])
+def test_llc_serve_reads_every_setting_the_chart_gives_it(helm, tmp_path, monkeypatch, variant):
+    """The container's command line and environment, parsed by the real `llc serve` parser."""
+    import llc.cli
+
+    values = {**VARIANTS[variant], "frontend": {**VARIANTS[variant].get("frontend", {}), "limits": {"maxChains": 64}}}
+    if variant == "everything":
+        values["ray"] = {**values["ray"], "driverPython": "/usr/local/bin/python3"}
+    objs = render(helm, tmp_path, values)
+    container = frontend(objs)
+    env = env_of(objs, container)
+    for name in [n for n in os.environ if n.startswith(("LLC_", "RAY_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = llc.cli.build_parser().parse_args(container["command"][1:] + container["args"])
+    assert args.func is llc.cli.cmd_serve and args.max_chains == 64
+    assert (args.listen, args.store, args.token) == (env["LLC_LISTEN"], env["LLC_STORE"], env["LLC_TOKEN"])
+    if variant == "default":
+        assert args.store == "/var/lib/llc/llc-jobs.sqlite" and args.no_check_local_paths is True
+        assert args.tls_cert is None and args.driver_python is None
+    else:
+        assert args.store.startswith("postgresql://") and args.store_schema == "llc"
+        assert args.no_check_local_paths is False  # shared storage: the front end sees the nodes' files
+        assert (args.tls_cert, args.tls_key) == ("/etc/llc/tls/tls.crt", "/etc/llc/tls/tls.key")
+        assert args.driver_python == "/usr/local/bin/python3"
+    # No variable the CLI does not know (a misspelt name would be silently ignored).
+    cli_source = Path(llc.cli.__file__).read_text()
+    unknown = [n for n in env if n.startswith("LLC_") and f'"{n}"' not in cli_source]
+    assert unknown == [], f"the chart sets {unknown}, which `llc serve` does not read"
+
+
 def test_ray_token_auth_is_shared_by_front_end_head_workers_and_autoscaler(helm, tmp_path):
     objs = render(helm, tmp_path, GPU)
     ray = one(objs, "RayCluster")["spec"]
@@ -298,6 +330,7 @@ def test_stores(helm, tmp_path):
     var = next(v for v in frontend(objs)["env"] if v["name"] == "LLC_STORE")
     assert var["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-store"
     assert env_of(objs, frontend(objs))["LLC_STORE"] == POSTGRES["store"]["postgresql"]["url"]
+    assert env_of(objs, frontend(objs))["LLC_STORE_SCHEMA"] == "llc"
 
     objs = render(helm, tmp_path, {"store": {"type": "postgresql", "postgresql": {"existingSecret": "db"}}})
     var = next(v for v in frontend(objs)["env"] if v["name"] == "LLC_STORE")
