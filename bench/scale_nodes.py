@@ -82,15 +82,13 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="llcbench"))
     spec = make_job(workdir, args)
-    # A private RAY_TMPDIR: Ray's job supervisor otherwise finds "the" cluster through /tmp/ray,
-    # which names whichever cluster on this machine started last.
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="llcray", dir="/tmp")
-    head = start_head(num_cpus=0)
+    head = start_head(num_cpus=0)  # a private Ray temp dir: no other cluster of this machine interferes
     nodes = []
     rows = []
     try:
         for n in range(1, args.max_nodes + 1):
-            nodes.append(start_worker(head.address, num_cpus=args.node_cpus, resources={f"bench_node_{n}": 1}))
+            nodes.append(start_worker(head.address, num_cpus=args.node_cpus, resources={f"bench_node_{n}": 1},
+                                      temp_dir=head.temp_dir))
             time.sleep(2)  # the node's resources reach the cluster view a moment after it joins
             row = run_job(spec, head.address)
             rows.append(row)

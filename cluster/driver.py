@@ -17,10 +17,11 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from cluster.errors import InvalidArgument, LLCError, Unavailable
 from cluster.events import EventWriter
@@ -58,6 +59,7 @@ def connect(args: argparse.Namespace) -> None:
             os.environ.pop("RAY_ADDRESS", None)
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, **common)
         elif os.environ.get("RAY_ADDRESS"):
+            require_listening(os.environ["RAY_ADDRESS"])
             ray.init(address=os.environ["RAY_ADDRESS"], **common)
         else:
             raise Unavailable("no Ray cluster: set RAY_ADDRESS (e.g. 127.0.0.1:6379), submit through the Ray "
@@ -67,6 +69,18 @@ def connect(args: argparse.Namespace) -> None:
     except Exception as exc:
         raise Unavailable(f"cannot connect to Ray at {os.environ.get('RAY_ADDRESS', 'a new local cluster')}: "
                           f"{type(exc).__name__}: {exc}; check RAY_ADDRESS and that the cluster is up") from None
+
+
+def require_listening(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` where nothing listens (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray:// client addresses: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise Unavailable(f"no Ray cluster answers at RAY_ADDRESS={address} ({exc}); start the cluster or fix "
+                          "RAY_ADDRESS") from None
 
 
 def alive_node_resources() -> list[dict[str, float]]:
@@ -91,7 +105,6 @@ class Job:
     def run(self) -> dict[str, Any]:
         from cluster.chains import ChainPool
         from cluster.placement import ChainResources, pool_size, require_single_process
-        from cluster.workers import dataset_key
 
         spec = self.spec
         names = [r.name for r in spec.restrictions]
@@ -107,22 +120,20 @@ class Job:
         log.info("starting %d chain workers for %d units", size, units)
         self.pool.start()
         self.pool.run()
-        keys = [dataset_key(r.dataset if r.dataset is not None else spec.dataset) for r in spec.restrictions]
-        doc = self.document([self.pool.init_losses.get(k) for k in keys])
+        doc = self.document()
         failed = [(r, c) for (r, c), d in self.pool.results.items() if d.get("status") == "failed"]
         if failed:
             raise ChainsFailed(self._failed_message(failed), doc)
         return doc
 
-    def document(self, init_losses: list[float | None] | None = None) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
+        """The result document of what has finished (all of it, or a partial result)."""
         from cluster.results import result_document
         from cluster.workers import dataset_key
 
         pool = self.pool
-        if init_losses is None:
-            spec = self.spec
-            keys = [dataset_key(r.dataset if r.dataset is not None else spec.dataset) for r in spec.restrictions]
-            init_losses = [pool.init_losses.get(k) if pool else None for k in keys]
+        keys = [dataset_key(r.dataset or self.spec.dataset) for r in self.spec.restrictions]
+        init_losses = [pool.init_losses.get(k) if pool else None for k in keys]
         provenance = dict(self.provenance)
         if pool is not None and pool.summary is not None:
             s = pool.summary
@@ -175,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the --local Ray (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    events = EventWriter(sys.stdout)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -186,6 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run(args, EventWriter(sys.stdout), stop, handle_stop_signals)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
+        handle_stop_signals: Callable[[], None]) -> int:
+    """The job from spec to `result` (0) or `error` (1); `stop` set = cancel."""
     handle_stop_signals()
     job: Job | None = None
     try:
@@ -199,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(spec, events, stop)
         result = job.run()
     except BaseException as exc:  # every failure ends in one `error` event naming what to change
-        code, message, partial = _describe_failure(exc, job)
         if job is not None and job.pool is not None:
-            job.pool.shutdown()
+            job.pool.shutdown()  # first: a cancelled job frees its CPUs and GPUs at once
+        code, message, partial = _describe_failure(exc, job)
         fields: dict[str, Any] = {"code": code, "message": message}
         if partial is not None and partial["restrictions"]:
             fields["partial_result"] = partial

@@ -190,3 +190,13 @@ def test_a_job_whose_workers_cannot_be_placed_fails_naming_the_resources():
     with pytest.raises(Exception) as info:
         pool._check_stop()
     assert info.value.code == "UNAVAILABLE" and "2 CPUs and 0.5 GPUs" in info.value.message
+
+
+def test_driver_with_a_dead_ray_address_fails_fast(monkeypatch, tmp_path, capsys):
+    from cluster.local_ray import free_port
+
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    path = tmp_path / "spec.json"
+    path.write_text(make_spec().to_json())
+    code, events = run_main(["--spec", str(path)], capsys)
+    assert code == 1 and events[-1]["code"] == "UNAVAILABLE" and "RAY_ADDRESS=127.0.0.1:" in events[-1]["message"]

@@ -256,3 +256,21 @@ def test_job_timeout(ray_nodes, tiny_gpt2_dir, text_jsonl):
     code, events = run_driver(spec, ray_nodes)
     assert code == 1 and events[-1]["type"] == "error"
     assert events[-1]["code"] == "DEADLINE_EXCEEDED" and "compute.timeout_s=3" in events[-1]["message"]
+
+
+def test_a_data_restriction_gets_its_own_dataset_and_init_loss(ray_nodes, tiny_gpt2_dir, text_jsonl, other_text_jsonl):
+    spec = job_spec(tiny_gpt2_dir, text_jsonl, "data", draws=50, restrictions=[
+        {"name": "full"},
+        {"name": "other-data", "dataset": {"files": [str(other_text_jsonl)], "context_length": 16}},
+        {"name": "layer0-other-data", "weights": [{"kind": "layer", "layer": 0}],
+         "dataset": {"files": [str(other_text_jsonl)], "context_length": 16}},
+    ])
+    code, events = run_driver(spec, ray_nodes)
+    assert code == 0, events[-1:]
+    result = events[-1]["result"]
+    full, other, layer0 = result["restrictions"]
+    assert other["init_loss"] == layer0["init_loss"] != full["init_loss"]  # L(w*) per dataset, shared
+    assert layer0["moved_elements"] < other["moved_elements"] == full["moved_elements"]
+    prov = result["provenance"]
+    assert prov["restriction_datasets"]["other-data"]["fingerprint"] != prov["dataset"]["fingerprint"]
+    assert all(len(r["chains"]) == CHAINS for r in result["restrictions"])
