@@ -16,7 +16,8 @@ burn-in (devinterp averages every step), L(w*) over the whole sampling set
 Each contender runs in its own subprocess (so its peak resident memory, ru_maxrss,
 is its own) on the same saved model and token set, and reports:
 - whole estimate: wall time of `llc()` / `estimate_llc()` for all chains, L(w*) included;
-- per step: SGLD steps/s and tokens/s of one chain alone (the loop's own speed);
+- per step: SGLD steps/s and tokens/s of one chain's loop alone, from the difference
+  of runs of k and 2k steps (start-up, model copies and L(w*) cancel);
 - λ̂ ± std over chains.
 Ours runs with workers=1 (chains one after another, like devinterp) and workers=2
 (two chains at a time, torch's threads split between them). Printed: the ratios,
@@ -126,7 +127,7 @@ def train_briefly(model: torch.nn.Module, tokens: torch.Tensor, steps: int, seed
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 class TokenBatches:
@@ -184,21 +185,30 @@ def contender_main(args) -> None:
     model = make_model(args.model)
     model.load_state_dict(saved["state"])
     tokens = saved["tokens"]
-    steps_per_chain = args.draws
+    k = args.step_draws
+
+    def loop_seconds(run) -> float | None:
+        """Seconds per step of one chain's loop: (T(2k steps) - T(k steps))/k, so start-up,
+        model copies and L(w*) cancel."""
+        return (run(2 * k)["seconds"] - run(k)["seconds"]) / k if k else None
+
     if args.contender == "devinterp":
         whole = run_devinterp(model, tokens, chains=args.chains, draws=args.draws, init_batches=len(tokens) // BATCH)
-        single = run_devinterp(model, tokens, chains=1, draws=args.draws, init_batches=1)
+        step_s = loop_seconds(lambda n: run_devinterp(model, tokens, chains=1, draws=n, init_batches=1))
     else:
         workers = int(args.contender.removeprefix("ours-w"))
         whole = run_ours(model, tokens, chains=args.chains, draws=args.draws, workers=workers, mala=args.mala)
-        single = run_ours(model, tokens, chains=1, draws=args.draws, workers=1, mala=args.mala)
+        # one chain's loop does not depend on workers: measured once, by ours-w1
+        step_s = loop_seconds(lambda n: run_ours(model, tokens, chains=1, draws=n, workers=1, mala=args.mala)
+                              ) if workers == 1 else None
     out = {
         "contender": args.contender,
         "model": args.model,
         "params": sum(p.numel() for p in model.parameters()),
         "whole_s": whole["seconds"],
-        "steps_per_s": steps_per_chain / single["seconds"],
-        "tokens_per_s": steps_per_chain * BATCH * SEQ / single["seconds"],
+        "throughput_steps_per_s": args.chains * args.draws / whole["seconds"],
+        "chain_steps_per_s": 1 / step_s if step_s else None,
+        "chain_tokens_per_s": BATCH * SEQ / step_s if step_s else None,
         "llc_mean": whole["llc_mean"],
         "llc_std": whole["llc_std"],
         "llc_per_chain": whole["llc_per_chain"],
@@ -224,7 +234,7 @@ def prepare(workdir: Path, models: list[str], train_steps: int) -> None:
 
 def run_contender(workdir: Path, model: str, contender: str, args) -> dict:
     cmd = [sys.executable, __file__, "--contender", contender, "--model", model, "--workdir", str(workdir),
-           "--draws", str(args.draws), "--chains", str(args.chains)] + (["--mala"] if args.mala else [])
+           "--draws", str(args.draws), "--chains", str(args.chains), "--step-draws", str(args.step_draws)] + (["--mala"] if args.mala else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -245,15 +255,16 @@ def cpu_main(args) -> int:
         print(f"SGLD: ε = {SETTINGS['step_size']}, nβ = {SETTINGS['nbeta']}, γ = {SETTINGS['gamma']}, "
               f"{args.chains} chains × {args.draws} draws, batch {BATCH} × {SEQ} tokens, torch threads "
               f"{torch.get_num_threads()}, MALA {'on' if args.mala else 'off'}", flush=True)
-        print(f"{'model':<6}{'contender':<11}{'whole (s)':>10}{'steps/s':>9}{'tokens/s':>10}{'peak RSS':>10}"
-              f"{'λ̂ ± std':>18}", flush=True)
+        print(f"{'model':<6}{'contender':<11}{'whole (s)':>10}{'steps/s':>9}{'chain steps/s':>14}{'tokens/s':>10}"
+              f"{'peak RSS':>10}{'λ̂ ± std':>18}", flush=True)
         failed = False
         for model in models:
             rows = {}
             for contender in CONTENDERS:
                 r = run_contender(workdir, model, contender, args)
                 rows[contender] = r
-                print(f"{model:<6}{contender:<11}{r['whole_s']:>10.1f}{r['steps_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}"
+                chain = f"{r['chain_steps_per_s']:>14.2f}{r['chain_tokens_per_s']:>10.0f}" if r["chain_steps_per_s"] else f"{'-':>14}{'-':>10}"
+                print(f"{model:<6}{contender:<11}{r['whole_s']:>10.1f}{r['throughput_steps_per_s']:>9.2f}{chain}"
                       f"{r['maxrss_mb']:>8.0f}MB{r['llc_mean']:>10.2f} ± {r['llc_std']:<6.2f}", flush=True)
                 for w in r["warnings"]:
                     print(f"      warning: {w}")
@@ -262,8 +273,10 @@ def cpu_main(args) -> int:
                 r = rows[contender]
                 ok = agree(base, r, args.chains)
                 failed |= not ok
+                per_step = (f"one chain {r['chain_steps_per_s'] / base['chain_steps_per_s']:.2f}× the steps/s, "
+                            if r["chain_steps_per_s"] and base["chain_steps_per_s"] else "")
                 print(f"{model:<6}{contender} vs devinterp: whole estimate {base['whole_s'] / r['whole_s']:.2f}× sooner, "
-                      f"per step {r['steps_per_s'] / base['steps_per_s']:.2f}×, peak memory "
+                      f"{per_step}peak memory "
                       f"{r['maxrss_mb'] / base['maxrss_mb']:.2f}×, λ̂ {'agree' if ok else 'DISAGREE'} "
                       f"({r['llc_mean']:.2f} vs {base['llc_mean']:.2f})", flush=True)
     return 1 if failed else 0
@@ -344,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["mlp", "neox"], choices=["mlp", "neox"])
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--step-draws", type=int, default=25,
+                        help="k: one chain's steps/s from runs of k and 2k steps (0: skip)")
     parser.add_argument("--train-steps", type=int, default=300, help="Adam steps that make w* (a near-minimum)")
     parser.add_argument("--mala", action="store_true", help="ours also estimates MALA acceptance (devinterp does not)")
     parser.add_argument("--gpu", action="store_true", help="CUDA, Pythia-1.4B shape, bf16 autocast")
