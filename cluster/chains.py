@@ -184,7 +184,7 @@ class ChainPool:
         total = len(units)
         drain_ref, last_drain = None, 0.0
         while len(self.results) < total:
-            self._check_stop()
+            self._check_limits()
             # Hand work to idle, loaded workers: L(w*) first, then units whose L(w*) is known.
             for w in self.workers:
                 if not (w.ready and not w.busy):
@@ -212,7 +212,7 @@ class ChainPool:
                 raise Unavailable("no chain worker is left to run the remaining chains; check the Ray cluster's nodes")
             done, _ = ray.wait(waiting, num_returns=1, timeout=self.tick)
             for ref in done:
-                if ref is drain_ref or (drain_ref is not None and ref == drain_ref):
+                if drain_ref is not None and ref == drain_ref:
                     drain_ref = None
                     try:
                         for r, c, p in ray.get(ref):
@@ -233,7 +233,7 @@ class ChainPool:
                 self._finished(kind, w, payload, value)
         return self.results
 
-    def _check_stop(self) -> None:
+    def _check_limits(self) -> None:
         if any(w.placed for w in self.workers):
             self._none_placed_since = time.monotonic()
         elif time.monotonic() - self._none_placed_since > self.placement_timeout:

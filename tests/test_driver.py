@@ -102,11 +102,11 @@ def test_cancel_and_deadline_are_checked_by_the_pool_loop():
     stop = threading.Event()
     pool = ChainPool(spec, ChainResources(1, 0), 1, stop=stop, deadline=0.0)
     with pytest.raises(Exception) as info:
-        pool._check_stop()
+        pool._check_limits()
     assert info.value.code == "DEADLINE_EXCEEDED" and "raise compute.timeout_s" in info.value.message
     stop.set()
     with pytest.raises(Exception) as info:
-        pool._check_stop()
+        pool._check_limits()
     assert info.value.code == "CANCELLED"
 
 
@@ -188,7 +188,7 @@ def test_a_job_whose_workers_cannot_be_placed_fails_naming_the_resources():
     pool = ChainPool(spec, ChainResources(2, 0.5), 1, stop=threading.Event(), placement_timeout=0.0)
     pool._none_placed_since -= 1
     with pytest.raises(Exception) as info:
-        pool._check_stop()
+        pool._check_limits()
     assert info.value.code == "UNAVAILABLE" and "2 CPUs and 0.5 GPUs" in info.value.message
 
 

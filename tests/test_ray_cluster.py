@@ -274,3 +274,15 @@ def test_a_data_restriction_gets_its_own_dataset_and_init_loss(ray_nodes, tiny_g
     prov = result["provenance"]
     assert prov["restriction_datasets"]["other-data"]["fingerprint"] != prov["dataset"]["fingerprint"]
     assert all(len(r["chains"]) == CHAINS for r in result["restrictions"])
+
+
+def test_driver_local_mode_starts_its_own_ray(tmp_path, tiny_gpt2_dir, text_jsonl):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(job_spec(tiny_gpt2_dir, text_jsonl, "local", draws=30)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-m", "cluster.driver", "--spec", str(spec_file), "--local", "--num-cpus", "1"],
+                         capture_output=True, text=True, timeout=240, env={**env, "HF_HUB_OFFLINE": "1"})
+    events = list(parse_lines(out.stdout.splitlines()))
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = result_of(events)
+    assert len(r["chains"]) == CHAINS and len(events[-1]["result"]["provenance"]["workers"]) == 1
