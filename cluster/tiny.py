@@ -81,11 +81,27 @@ def tiny_texts(n: int, *, seed: int = 0, min_words: int = 8, max_words: int = 40
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
 
 
-def make_text_dataset(path: str | Path, n: int, *, seed: int = 0, column: str = "text", **text_kwargs) -> Path:
-    """Write `n` random texts over WORDS as jsonl (.jsonl/.json), parquet (.parquet) or text (.txt)."""
+def tiny_sentences(n: int, *, seed: int = 0) -> list[str]:
+    """Short texts from a small grammar over WORDS: structure a tiny model can learn,
+    so a trained one sits near a minimum of the loss (where an LLC means something)."""
+    rng = random.Random(seed)
+    nouns, adjs = "cat dog bird fish".split(), "big small red blue green quick slow happy sad".split()
+    verbs, preps, places = "sat ran flew swam".split(), "on under over near".split(), "mat log tree pond".split()
+
+    def sentence() -> str:
+        return (f"the {rng.choice(adjs)} {rng.choice(nouns)} {rng.choice(verbs)} {rng.choice(preps)} "
+                f"the {rng.choice(places)}")
+
+    return [" and then ".join(sentence() for _ in range(rng.randint(1, 4))) for _ in range(n)]
+
+
+def make_text_dataset(path: str | Path, n: int, *, seed: int = 0, column: str = "text", grammar: bool = False,
+                      **text_kwargs) -> Path:
+    """Write `n` texts over WORDS (random words, or `grammar` sentences) as jsonl (.jsonl/.json),
+    parquet (.parquet) or text (.txt)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    texts = tiny_texts(n, seed=seed, **text_kwargs)
+    texts = tiny_sentences(n, seed=seed) if grammar else tiny_texts(n, seed=seed, **text_kwargs)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         path.write_text("".join(json.dumps({column: t, "id": i}) + "\n" for i, t in enumerate(texts)))
@@ -107,3 +123,32 @@ def make_token_dataset(path: str | Path, rows: list[list[int]], *, column: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({column: r}) + "\n" for r in rows))
     return path
+
+
+def train_tiny_lm(directory: str | Path, dataset: str | Path, *, steps: int = 200, context_length: int = 32,
+                  batch_size: int = 16, lr: float = 3e-3, seed: int = 0) -> float:
+    """Train the tiny LM saved in `directory` on a local text dataset (AdamW, packed rows),
+    save it back, and return the final training loss."""
+    import torch
+
+    from cluster.datasets import lm_loss, load_token_dataset
+    from cluster.models import load_model
+    from cluster.spec import DatasetRef, ModelRef
+
+    loaded = load_model(ModelRef(local_path=str(directory)))
+    data = load_token_dataset(DatasetRef(files=[str(dataset)], context_length=context_length),
+                              loaded.tokenizer, loaded.max_positions)
+    model = loaded.model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        rows = torch.randint(0, data.input_ids.shape[0], (batch_size,), generator=g)
+        loss = lm_loss(model, data.input_ids[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(str(directory))
+    return float(loss.detach())

@@ -21,9 +21,12 @@ from service.server import BackgroundServer
 MAKE_MODEL = """
 import sys
 from cluster.tiny import make_text_dataset, make_tiny_lm
+from cluster.tiny import train_tiny_lm
+make_text_dataset(sys.argv[2], 200, seed=0, grammar=True)
+make_text_dataset(sys.argv[3], 200, seed=7, grammar=True)
 make_tiny_lm(sys.argv[1], "gpt_neox")
-make_text_dataset(sys.argv[2], 200, seed=0)
-make_text_dataset(sys.argv[3], 200, seed=7, min_words=4, max_words=10)
+# trained, so w* sits near a minimum of the loss: the LLC of random weights means little
+print(f"[demo] trained the tiny model: loss {train_tiny_lm(sys.argv[1], sys.argv[2], steps=200):.3f}", flush=True)
 """
 
 
@@ -32,7 +35,7 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
 
     t0 = time.monotonic()
     work = workdir or tempfile.mkdtemp(prefix="llc-demo-")
-    model, data, other = (os.path.join(work, n) for n in ("tiny-gpt-neox", "train.jsonl", "short.jsonl"))
+    model, data, other = (os.path.join(work, n) for n in ("tiny-gpt-neox", "train.jsonl", "heldout.jsonl"))
     print(f"[demo] making a tiny GPT-NeoX model and datasets in {work}", flush=True)
     subprocess.run([sys.executable, "-c", MAKE_MODEL, model, data, other], check=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
@@ -45,9 +48,9 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
         print(f"[demo] llc.v1 server on {server.address}; submitting an estimate over gRPC", flush=True)
         with Client(server.address, client_id="demo") as client:
             result = client.estimate(model, data, chains=chains, draws=draws, context_length=32, batch_size=8,
-                                     step_size=3e-4, nbeta=10.0, gamma=100.0,
+                                     burn_in=100, step_size=3e-4, nbeta=10.0, gamma=100.0,
                                      restrictions=["full=all", "layer0=layer:0", "head0.1=head:0.1",
-                                                   "short-texts=all@" + other])
+                                                   "heldout-data=all@" + other])
         print()
         print(result.table())
         if json_out:

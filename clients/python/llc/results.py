@@ -128,7 +128,9 @@ class EstimateResult(_Doc):
         widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
         lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+        notes = [f"warning: {w}" for w in self.warnings]
+        notes += [f"warning [{r.name}]: {w}" for r in self.restrictions for w in r.warnings]
+        return "\n".join(lines + notes)
 
     def to_dataframe(self):
         """A pandas DataFrame, one row per restriction (needs pandas: pip install 'llc-client[pandas]')."""
