@@ -57,7 +57,8 @@ def connect(args: argparse.Namespace) -> None:
     try:
         if args.local:
             os.environ.pop("RAY_ADDRESS", None)
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, **common)
+            # "local": always a new cluster; with no address Ray joins the last one started on this machine.
+            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, **common)
         elif os.environ.get("RAY_ADDRESS"):
             require_listening(os.environ["RAY_ADDRESS"])
             ray.init(address=os.environ["RAY_ADDRESS"], **common)
