@@ -286,3 +286,22 @@ def test_driver_local_mode_starts_its_own_ray(tmp_path, tiny_gpt2_dir, text_json
     assert out.returncode == 0, out.stderr[-2000:]
     r = result_of(events)
     assert len(r["chains"]) == CHAINS and len(events[-1]["result"]["provenance"]["workers"]) == 1
+
+
+def test_fractional_gpu_chains_share_a_gpu_node(ray_nodes, tiny_gpt2_dir, text_jsonl):
+    """Two chains of half a GPU go to the one node declaring a GPU; this machine has no CUDA,
+    so each worker then refuses to run, naming the setting (a real GPU node runs them)."""
+    node_g = ray_nodes.add_worker("g", num_cpus=2, num_gpus=1)
+    try:
+        spec = job_spec(tiny_gpt2_dir, text_jsonl, "halfgpu", gpus_per_chain=0.5)
+        code, events = run_driver(spec, ray_nodes, LLC_PLACEMENT_TIMEOUT_S="60")
+    finally:
+        ray_nodes.workers.pop("g").stop()
+    assert code == 1 and events[-1]["code"] == "FAILED_PRECONDITION", events[-1:]
+    assert "sees no CUDA device" in events[-1]["message"] and "gpus_per_chain=0" in events[-1]["message"]
+    assert not any(e["type"] in ("progress", "chain") for e in events)
+    from ray.util.state import list_actors
+
+    on_g = list_actors(address=ray_nodes.dashboard_url, filters=[("class_name", "=", "ChainWorker"),
+                                                                ("node_id", "=", node_g)])
+    assert len(on_g) == 2, "both half-GPU chain workers belong on the one GPU node"
