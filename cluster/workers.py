@@ -96,11 +96,11 @@ class ChainWorker:
         }
 
     def _load(self) -> dict[str, Any]:
+        import torch
+
         from cluster.datasets import load_token_dataset, make_batches
         from cluster.models import load_model
         from cluster.restrictions import select_restriction
-
-        import torch
 
         start = time.monotonic()
         spec = self._spec
