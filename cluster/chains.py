@@ -23,20 +23,12 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from cluster.errors import LLCError, Unavailable
+from cluster.errors import Cancelled, DeadlineExceeded, LLCError, Unavailable
 from cluster.placement import ChainResources
 from cluster.spec import JobSpec
 from cluster.workers import ChainWorker, ProgressBoard, dataset_key
 
 log = logging.getLogger(__name__)
-
-
-class JobCancelled(LLCError):
-    code = "CANCELLED"
-
-
-class JobTimedOut(LLCError):
-    code = "DEADLINE_EXCEEDED"
 
 
 class WorkerFailed(LLCError):
@@ -171,8 +163,8 @@ class ChainPool:
     def run(self) -> dict[tuple[int, int], dict[str, Any]]:
         """Run every unit to a final status; returns chain dicts by (restriction, chain).
 
-        Raises the first domain error of loading (before any chain runs), JobCancelled,
-        JobTimedOut or Unavailable; `self.results` holds what finished until then.
+        Raises the first domain error of loading (before any chain runs), Cancelled,
+        DeadlineExceeded or Unavailable; `self.results` holds what finished until then.
         """
         spec = self.spec
         keys = [dataset_key(r.dataset if r.dataset is not None else spec.dataset) for r in spec.restrictions]
@@ -244,9 +236,9 @@ class ChainPool:
                 "retry later, add nodes, or lower compute.cpus_per_chain / compute.gpus_per_chain"
             )
         if self.stop.is_set():
-            raise JobCancelled("the job was cancelled; its chains were stopped")
+            raise Cancelled("the job was cancelled; its chains were stopped")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobTimedOut(
+            raise DeadlineExceeded(
                 f"the job ran longer than compute.timeout_s={self.spec.compute.timeout_s:g} s and was stopped; "
                 "raise compute.timeout_s, or lower chains, draws or the number of restrictions"
             )

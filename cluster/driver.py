@@ -215,9 +215,9 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
         connect(args)
         handle_stop_signals()  # ray.init installs its own SIGTERM handler (sys.exit): take it back
         if stop.is_set():
-            from cluster.chains import JobCancelled
+            from cluster.errors import Cancelled
 
-            raise JobCancelled("the job was cancelled before its chains started")
+            raise Cancelled("the job was cancelled before its chains started")
         job = Job(spec, events, stop)
         result = job.run()
     except BaseException as exc:  # every failure ends in one `error` event naming what to change

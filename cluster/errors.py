@@ -38,3 +38,15 @@ class ResourceExhausted(LLCError):
 
 class Unavailable(LLCError):
     code = "UNAVAILABLE"
+
+
+class Cancelled(LLCError):
+    """The job was cancelled (the driver got SIGTERM from stop_job)."""
+
+    code = "CANCELLED"
+
+
+class DeadlineExceeded(LLCError):
+    """The job ran past its timeout."""
+
+    code = "DEADLINE_EXCEEDED"

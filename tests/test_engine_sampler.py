@@ -203,3 +203,19 @@ def test_concurrent_workers_give_the_same_chains():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ConfigError, match="workers"):
         estimate_llc(model, mse, loader, config, workers=0)
+
+
+def test_init_loss_is_deterministic_over_shuffled_partial_batches():
+    from cluster.engine import compute_init_loss
+
+    model, _ = _regression()
+    x = torch.randn(100, 6)
+    y = torch.randn(100, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True,
+                                         drop_last=True)  # which 4 rows are dropped depends on the shuffle
+    config = SamplerConfig(**FAST)
+    values = {compute_init_loss(model, mse, loader, config) for _ in range(3)}
+    torch.rand(7)  # moving the global RNG must not matter either
+    values.add(compute_init_loss(model, mse, loader, config))
+    assert len(values) == 1
+    assert compute_init_loss(model, mse, loader, config.replace(seed=5)) not in values

@@ -30,6 +30,7 @@ Params = Sequence[str] | Mapping[str, "torch.Tensor | None"] | None
 # A step whose nβ·(L_t - L(w*)) exceeds this many times d/2 (the largest possible λ)
 # is a blown-up chain, not a sample: report it as diverged.
 BLOWUP_FACTOR = 100.0
+INIT_LOSS_STREAM = 2**32  # seeds the L(w*) pass apart from every chain index
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,9 @@ def compute_init_loss(model: torch.nn.Module, loss_fn: LossFn, batches: Iterable
     limit = config.init_loss_batches or None
     total = torch.zeros((), dtype=torch.float64, device=device)
     weight = 0
+    # A fixed seed: batches that shuffle and drop a partial batch still give the same L(w*).
     with _autocast(device, amp):
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(_one_pass(batches, chain_seed(config.seed, INIT_LOSS_STREAM))):
             if limit is not None and i >= limit:
                 break
             batch = _to_device(batch, device)
@@ -169,17 +171,22 @@ def _batch_size(batch: Any) -> int:
 _ITER_LOCK = threading.Lock()
 
 
+def _one_pass(batches: Iterable, seed: int):
+    """One pass over `batches`, shuffled (if they shuffle) as `seed` says."""
+    with _ITER_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        it = iter(batches)
+        first = next(it, _EMPTY)
+    if first is _EMPTY:
+        raise ConfigError("batches", "the sampling set is empty: give at least one batch")
+    yield first
+    yield from it
+
+
 def _batch_stream(batches: Iterable, seed: int):
     """Cycle through `batches`; each pass is shuffled as the chain seed says."""
     for epoch in itertools.count():
-        with _ITER_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(chain_seed(seed, epoch))
-            it = iter(batches)
-            first = next(it, _EMPTY)
-        if first is _EMPTY:
-            raise ConfigError("batches", "the sampling set is empty: give at least one batch")
-        yield first
-        yield from it
+        yield from _one_pass(batches, chain_seed(seed, epoch))
 
 
 _EMPTY = object()
