@@ -1,6 +1,6 @@
 """The engine against devinterp 2.0.1 (the anchor) on the same model, data and SGLD settings.
 
-    .venv/bin/python bench/engine_vs_devinterp.py                 # CPU: MLP and GPT-NeoX LMs (~5 min)
+    .venv/bin/python bench/engine_vs_devinterp.py                 # CPU: MLP and GPT-NeoX LMs
     .venv/bin/python bench/engine_vs_devinterp.py --models neox --draws 100
     python bench/engine_vs_devinterp.py --gpu                     # CUDA, Pythia-1.4B shape, bf16 autocast
 

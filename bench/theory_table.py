@@ -1,7 +1,7 @@
 """Deep linear networks: the engine's λ̂ against Aoyagi's closed form, one row per shape.
 
-    .venv/bin/python bench/theory_table.py            # full table (~20 min on 2 busy CPU cores)
-    .venv/bin/python bench/theory_table.py --quick    # the two smallest rows (~2 min)
+    .venv/bin/python bench/theory_table.py            # full table (estimated 15-20 min on an idle 2-core machine)
+    .venv/bin/python bench/theory_table.py --quick    # the two smallest rows
     .venv/bin/python bench/theory_table.py --rows 2 4 --step-size 1e-6 --steps 4000   # tuning
 
 Prints shape, parameters, rank, true λ, λ̂ ± std (over chains), relative error,
