@@ -190,7 +190,10 @@ def contender_main(args) -> None:
     def loop_seconds(run) -> float | None:
         """Seconds per step of one chain's loop: (T(2k steps) - T(k steps))/k, so start-up,
         model copies and L(w*) cancel."""
-        return (run(2 * k)["seconds"] - run(k)["seconds"]) / k if k else None
+        if not k:
+            return None
+        step = (run(2 * k)["seconds"] - run(k)["seconds"]) / k
+        return step if step > 0 else None  # timing noise (a loaded machine) swamped the difference
 
     if args.contender == "devinterp":
         whole = run_devinterp(model, tokens, chains=args.chains, draws=args.draws, init_batches=len(tokens) // BATCH)
