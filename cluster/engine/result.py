@@ -158,7 +158,7 @@ def _warnings(r: LLCResult) -> list[str]:
             f"split R-hat = {d['rhat']:.3f} > 1.1: the loss traces are not stationary or chains disagree. "
             "Add burn_in or draws, or lower step_size."
         )
-    if d.get("mala_acceptance") is not None and d["mala_acceptance"] < 0.7:
+    if d.get("mala_acceptance") is not None and d["mala_acceptance"] < 0.5:
         out.append(
             f"MALA acceptance {d['mala_acceptance']:.2f} is low (healthy ≈ 0.9): step_size is too large for this "
             "posterior; lower it."
