@@ -1,6 +1,7 @@
 """cluster.local_ray: head and worker nodes as subprocesses on free ports."""
 import asyncio
 import os
+import re
 import time
 
 import pytest
@@ -62,7 +63,9 @@ def test_jobs_run_on_their_own_cluster_when_another_started_later():
 
         text = asyncio.run(logs())
         port = first.address.rsplit(":", 1)[1]
-        assert f"RAY_ADDRESS=" in text and text.split("RAY_ADDRESS=")[1].split()[0].endswith(f":{port}"), text
+        # the echoed line, not Ray's "Running entrypoint ...: echo RAY_ADDRESS=$RAY_ADDRESS" line
+        echoed = re.findall(r"^RAY_ADDRESS=(\S+)$", text, flags=re.MULTILINE)
+        assert len(echoed) == 1 and echoed[0].endswith(f":{port}"), text
     finally:
         second.stop()
         first.stop()
