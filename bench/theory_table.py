@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.engine import SamplerConfig, estimate_llc  # noqa: E402
-from cluster.engine.dln import dln_loss, make_dln, make_dln_data, parameter_count  # noqa: E402
+from cluster.engine.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data, parameter_count  # noqa: E402
 from cluster.engine.theory import deep_linear_network  # noqa: E402
 
 N_EXAMPLES = 10_000
@@ -78,23 +78,6 @@ ROWS = [
     Row((160, 200, 200, 160), 10, 1e-6, 13_000),
 ]
 QUICK = [0, 1]  # rows of --quick (the same settings: shorter chains would stop short of λ)
-
-
-class ShuffledBatches:
-    """Re-iterable minibatches of (x, y), reshuffled by torch's global RNG on every
-    pass: the engine seeds it per chain, so each chain sees its own order."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int):
-        self.x, self.y, self.batch = x, y, batch
-
-    def __len__(self) -> int:
-        return len(self.x) // self.batch
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x))
-        for i in range(len(self)):
-            idx = order[i * self.batch:(i + 1) * self.batch]
-            yield self.x[idx], self.y[idx]
 
 
 def sampler_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerConfig:

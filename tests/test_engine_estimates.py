@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cluster.engine import SamplerConfig, estimate_llc
-from cluster.engine.dln import dln_loss, make_dln, make_dln_data
+from cluster.engine.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data
 from cluster.engine.theory import deep_linear_network, normal_crossing, reduced_rank_regression, regular
 
 # Many identical "batches" per pass: the potentials below take no data, and a
@@ -183,23 +183,6 @@ def dln_agrees(result, truth: float) -> bool:
     return abs(result.llc_mean - truth) <= max(DLN_TOLERANCE * truth, 3 * result.llc_sem)
 
 
-class Reshuffled:
-    """Minibatches of (x, y) reshuffled on every pass by torch's global RNG, which the
-    engine seeds per chain (bench/theory_table.py's ShuffledBatches)."""
-
-    def __init__(self, x, y, batch):
-        self.x, self.y, self.batch = x, y, batch
-
-    def __len__(self):
-        return len(self.x) // self.batch
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x))
-        for i in range(len(self)):
-            idx = order[i * self.batch:(i + 1) * self.batch]
-            yield self.x[idx], self.y[idx]
-
-
 def test_reduced_rank_regression():
     """The first row of bench/theory_table.py: y = BAx with A: 10→5, B: 5→10 at true
     rank 2, λ = 29 (Aoyagi & Watanabe). ε = 1e-5, T = 2000, batch 100 reshuffled every
@@ -210,7 +193,7 @@ def test_reduced_rank_regression():
     x, y = make_dln_data(model, DLN_N, seed=0)
     config = SamplerConfig(step_size=1e-5, nbeta=DLN_N / math.log(DLN_N), gamma=1.0, chains=4, burn_in=1800, draws=200,
                            seed=0, init_loss="full", fetch_every=500)
-    result = estimate_llc(model, dln_loss, Reshuffled(x, y, 100), config)
+    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, 100), config)
     assert not result.diagnostics["diverged_chains"], result.warnings
     assert dln_agrees(result, truth), (result.llc_mean, result.llc_sem, truth)
     assert not dln_agrees(result, regular(100)), "the estimate does not see the singularity (λ = d/2)"

@@ -37,6 +37,24 @@ def make_dln_data(model: torch.nn.Module, n: int, *, seed: int = 0) -> tuple[tor
     return x, y
 
 
+class ShuffledBatches:
+    """Minibatches of (x, y), reshuffled by torch's default generator at every pass:
+    the engine seeds it per chain, so each chain sees its own order; the last partial
+    batch is dropped."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int):
+        self.x, self.y, self.batch = x, y, batch
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x))
+        for i in range(len(self)):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            yield self.x[idx], self.y[idx]
+
+
 def dln_loss(model: torch.nn.Module, batch) -> torch.Tensor:
     x, y = batch
     return 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
