@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError, UnserializableException
 
 from cluster.errors import Cancelled, DeadlineExceeded, LLCError, Unavailable
 from cluster.placement import ChainResources
@@ -218,6 +218,9 @@ class ChainPool:
                     value = ray.get(ref)
                 except RayTaskError as exc:
                     self._worker_exception(kind, w, payload, _cause(exc), units, pending_losses, loss_attempts)
+                    continue
+                except UnserializableException as exc:  # the worker lives; only its exception did not unpickle
+                    self._worker_exception(kind, w, payload, exc, units, pending_losses, loss_attempts)
                     continue
                 except RayError as exc:  # the worker process or its node died
                     self._worker_died(kind, w, payload, _short(exc), units, pending_losses, loss_attempts)

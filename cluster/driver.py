@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from cluster.errors import InvalidArgument, LLCError, Unavailable
 from cluster.events import EventWriter
-from cluster.spec import JobSpec, SpecError
+from cluster.spec import JobSpec
 
 log = logging.getLogger("cluster.driver")
 
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
         if job is not None and job.pool is not None:
             job.pool.shutdown()  # first: a cancelled job frees its CPUs and GPUs at once
         code, message, partial = _describe_failure(exc, job)
-        fields: dict[str, Any] = {"code": code, "message": message}
+        fields: dict[str, Any] = {"code": code, "message": message, "field": getattr(exc, "field", "")}
         if partial is not None and partial["restrictions"]:
             fields["partial_result"] = partial
         events.emit("error", **fields)
@@ -245,8 +245,6 @@ def _describe_failure(exc: BaseException, job: Job | None) -> tuple[str, str, di
             partial = job.document()
         except Exception:  # the error itself matters more than the partial result
             log.exception("could not build the partial result")
-    if isinstance(exc, SpecError):
-        return "INVALID_ARGUMENT", f"job spec: {exc}", partial
     if isinstance(exc, LLCError):
         return exc.code, exc.message, partial
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):  # SystemExit: Ray's SIGTERM handler during ray.init

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.engine.config import ConfigError, SamplerConfig
-from cluster.errors import InvalidArgument
+from cluster.engine.config import SamplerConfig
+from cluster.errors import InvalidField
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 FILE_FORMATS = ("json", "jsonl", "parquet", "text", "csv")
@@ -22,12 +22,8 @@ SELECTOR_KINDS = ("pattern", "regex", "layer", "head", "attention", "mlp", "embe
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
-class SpecError(InvalidArgument, ValueError):
-    """An invalid job spec. `field` is a path such as `restrictions[1].weights[0].head`."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+# An invalid job spec; `field` is a path such as `restrictions[1].weights[0].head`.
+SpecError = InvalidField
 
 
 def _require(cond: bool, field: str, message: str) -> None:
@@ -243,8 +239,8 @@ class JobSpec:
         _from_dict(cls, data, "spec")
         try:
             sampler = SamplerConfig.from_dict(data.get("sampler") or {})
-        except ConfigError as exc:
-            raise SpecError(f"sampler.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+        except InvalidField as exc:
+            raise exc.under("sampler") from None
         except TypeError as exc:
             raise SpecError("sampler", str(exc)) from None
         restrictions = data.get("restrictions") or [{"name": "full"}]

@@ -1,22 +1,12 @@
 """Domain errors → gRPC status codes, in one place (used by the error interceptor).
 
-cluster.errors defines the domain errors (each carries its status name in `code`);
-the front end adds the two only it raises.
+Every domain error is a cluster.errors.LLCError carrying its status name in `code`.
 """
 from __future__ import annotations
 
 import grpc
 
-from cluster.engine.config import ConfigError
 from cluster.errors import LLCError
-
-
-class Unauthenticated(LLCError):
-    code = "UNAUTHENTICATED"
-
-
-class Cancelled(LLCError):
-    code = "CANCELLED"
 
 
 def status_code(name: str) -> grpc.StatusCode:
@@ -28,6 +18,4 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """(code, message) for a domain error; None for anything else (a bug: INTERNAL)."""
     if isinstance(exc, LLCError):
         return status_code(exc.code), exc.message
-    if isinstance(exc, ConfigError):  # a sampler setting out of range
-        return grpc.StatusCode.INVALID_ARGUMENT, f"spec.sampler.{exc}"
     return None

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import LLCError, Unavailable
+from cluster.errors import LLCError, Unavailable, reported
 from cluster.events import parse_lines
 from service import progress as progress_mod
 from service.notify import JobNotifier
@@ -35,13 +35,6 @@ class RunnerConfig:
     env_vars: dict[str, str] = field(default_factory=dict)  # extra environment for the driver
     submit_retry_s: float = 30.0  # how long to retry a submission while Ray is unreachable
     log_lines_in_errors: int = 20
-
-
-def driver_error(code: str, message: str) -> LLCError:
-    """A domain error carrying the status name the driver reported."""
-    err = LLCError(message)
-    err.code = code
-    return err
 
 
 class LineBuffer:
@@ -144,7 +137,8 @@ class RayJobRunner:
                     if event.get("type") == "preview":
                         return list(event.get("restrictions") or [])
                     if event.get("type") == "error":
-                        raise driver_error(str(event.get("code") or "INTERNAL"), str(event.get("message") or ""))
+                        raise reported(str(event.get("code") or "INTERNAL"), str(event.get("message") or ""),
+                                       str(event.get("field") or ""))
             raise LLCError("the driver ended without a preview; last log lines:\n" + "\n".join(last_lines))
         finally:
             await asyncio.to_thread(self._stop_quietly, sid)

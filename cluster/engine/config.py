@@ -10,17 +10,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cluster.errors import InvalidField
+
 METHODS = ("sgld", "rmsprop_sgld")
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_LOSS_MODES = ("auto", "full", "paired")
 
 
-class ConfigError(ValueError):
-    """A setting is out of range. `field` names it so callers can point at it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+# A setting is out of range: the one domain error type, carrying its field (pure Python).
+ConfigError = InvalidField
 
 
 def _check(cond: bool, field: str, message: str) -> None:
