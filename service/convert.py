@@ -8,24 +8,18 @@ import math
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from llc import enums
 from llc.v1 import llc_pb2 as pb
 
 from service.states import JobState
 from service.store import JobRecord, StoredEvent
 
-DTYPES = {pb.DTYPE_AUTO: "auto", pb.DTYPE_FLOAT32: "float32", pb.DTYPE_BFLOAT16: "bfloat16",
-          pb.DTYPE_FLOAT16: "float16"}
-SELECTOR_KINDS = {pb.SELECTOR_KIND_PATTERN: "pattern", pb.SELECTOR_KIND_REGEX: "regex", pb.SELECTOR_KIND_LAYER: "layer",
-                  pb.SELECTOR_KIND_HEAD: "head", pb.SELECTOR_KIND_ATTENTION: "attention", pb.SELECTOR_KIND_MLP: "mlp",
-                  pb.SELECTOR_KIND_EMBEDDING: "embedding", pb.SELECTOR_KIND_UNEMBEDDING: "unembedding",
-                  pb.SELECTOR_KIND_ALL: "all"}
-METHODS = {pb.SAMPLER_METHOD_SGLD: "sgld", pb.SAMPLER_METHOD_RMSPROP_SGLD: "rmsprop_sgld"}
-INIT_LOSS = {pb.INIT_LOSS_MODE_AUTO: "auto", pb.INIT_LOSS_MODE_FULL: "full", pb.INIT_LOSS_MODE_PAIRED: "paired"}
-CHAIN_STATES = {"succeeded": pb.CHAIN_STATE_SUCCEEDED, "diverged": pb.CHAIN_STATE_DIVERGED,
-                "failed": pb.CHAIN_STATE_FAILED, "retrying": pb.CHAIN_STATE_RETRYING}
-JOB_STATES = {JobState.QUEUED: pb.ESTIMATE_STATE_QUEUED, JobState.RUNNING: pb.ESTIMATE_STATE_RUNNING,
-              JobState.SUCCEEDED: pb.ESTIMATE_STATE_SUCCEEDED, JobState.FAILED: pb.ESTIMATE_STATE_FAILED,
-              JobState.CANCELLED: pb.ESTIMATE_STATE_CANCELLED}
+DTYPES = enums.names(pb.Dtype)
+SELECTOR_KINDS = enums.names(pb.SelectorKind)
+METHODS = enums.names(pb.SamplerMethod)
+INIT_LOSS = enums.names(pb.InitLossMode)
+CHAIN_STATES = enums.values(pb.ChainState)
+JOB_STATES = {JobState(name): number for name, number in enums.values(pb.EstimateState, upper=True).items()}
 PROTO_JOB_STATES = {v: k for k, v in JOB_STATES.items()}
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from cluster import driver
 from cluster.chains import ChainPool, ChainUnit
-from cluster.errors import FailedPrecondition
+from cluster.errors import Cancelled, DeadlineExceeded, FailedPrecondition, Unavailable
 from cluster.events import parse_lines
 from cluster.placement import ChainResources, cluster_capacity, pool_size, require_single_process
 from cluster.results import result_document
@@ -101,11 +101,11 @@ def test_cancel_and_deadline_are_checked_by_the_pool_loop():
     spec = make_spec(compute={"timeout_s": 5})
     stop = threading.Event()
     pool = ChainPool(spec, ChainResources(1, 0), 1, stop=stop, deadline=0.0)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(DeadlineExceeded) as info:
         pool._check_limits()
     assert info.value.code == "DEADLINE_EXCEEDED" and "raise compute.timeout_s" in info.value.message
     stop.set()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Cancelled) as info:
         pool._check_limits()
     assert info.value.code == "CANCELLED"
 
@@ -187,7 +187,7 @@ def test_a_job_whose_workers_cannot_be_placed_fails_naming_the_resources():
     spec = make_spec(compute={"cpus_per_chain": 2, "gpus_per_chain": 0.5})
     pool = ChainPool(spec, ChainResources(2, 0.5), 1, stop=threading.Event(), placement_timeout=0.0)
     pool._none_placed_since -= 1
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Unavailable) as info:
         pool._check_limits()
     assert info.value.code == "UNAVAILABLE" and "2 CPUs and 0.5 GPUs" in info.value.message
 

@@ -42,3 +42,15 @@ def test_service_methods():
     methods = set(llc_pb2.DESCRIPTOR.services_by_name["LLCService"].methods_by_name)
     assert methods == {"CreateEstimate", "GetEstimate", "ListEstimates", "CancelEstimate", "WatchEstimate",
                        "PreviewRestrictions"}
+
+
+def test_domain_enum_tuples_match_the_proto_enums():
+    """The engine and job spec are proto-free, so they spell their choices out; the proto decides."""
+    from cluster.engine import config
+    from cluster.spec import SELECTOR_KINDS
+    from llc.enums import values
+
+    assert set(values(llc_pb2.SelectorKind)) == set(SELECTOR_KINDS)
+    assert set(values(llc_pb2.SamplerMethod)) == set(config.METHODS)
+    assert set(values(llc_pb2.InitLossMode)) == set(config.INIT_LOSS_MODES)
+    assert set(values(llc_pb2.Dtype)) == {"auto", *config.DTYPES}

@@ -6,15 +6,14 @@ from typing import Any, Iterable, Mapping
 
 from google.protobuf import json_format
 
+from llc import enums
 from llc.v1 import llc_pb2 as pb
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt", ".csv", ".jsonl.gz", ".json.gz")
-_DTYPES = {"auto": pb.DTYPE_AUTO, "float32": pb.DTYPE_FLOAT32, "bfloat16": pb.DTYPE_BFLOAT16, "float16": pb.DTYPE_FLOAT16}
-_METHODS = {"sgld": pb.SAMPLER_METHOD_SGLD, "rmsprop_sgld": pb.SAMPLER_METHOD_RMSPROP_SGLD}
-_INIT_LOSS = {"auto": pb.INIT_LOSS_MODE_AUTO, "full": pb.INIT_LOSS_MODE_FULL, "paired": pb.INIT_LOSS_MODE_PAIRED}
-_KINDS = {"pattern": pb.SELECTOR_KIND_PATTERN, "regex": pb.SELECTOR_KIND_REGEX, "layer": pb.SELECTOR_KIND_LAYER,
-          "head": pb.SELECTOR_KIND_HEAD, "attention": pb.SELECTOR_KIND_ATTENTION, "mlp": pb.SELECTOR_KIND_MLP,
-          "embedding": pb.SELECTOR_KIND_EMBEDDING, "unembedding": pb.SELECTOR_KIND_UNEMBEDDING, "all": pb.SELECTOR_KIND_ALL}
+_DTYPES = enums.values(pb.Dtype)
+_METHODS = enums.values(pb.SamplerMethod)
+_INIT_LOSS = enums.values(pb.InitLossMode)
+_KINDS = enums.values(pb.SelectorKind)
 SAMPLER_FIELDS = tuple(f.name for f in pb.SamplerSettings.DESCRIPTOR.fields)
 COMPUTE_FIELDS = tuple(f.name for f in pb.ComputeSettings.DESCRIPTOR.fields)
 RESTRICTION_SYNTAX = ("write NAME=SELECTOR[+SELECTOR...][@DATASET], where SELECTOR is all, embedding, unembedding, "
