@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cluster.errors import InvalidArgument
+from service.identity import Authenticator
 
 
 @dataclass
@@ -14,7 +15,7 @@ class ServerConfig:
     store_url: str = "llc-jobs.sqlite"  # a SQLite path, sqlite:///path or postgresql://...
     store_schema: str = "llc"  # PostgreSQL schema of the tables
     ray_dashboard_url: str = ""  # Ray's job API, e.g. http://127.0.0.1:8265
-    token: str = ""  # bearer token; empty = no authentication
+    token: str = ""  # one shared bearer token: an admin principal "default"; empty = none
     tls_cert: str = ""  # PEM files; both set = TLS
     tls_key: str = ""
     max_request_bytes: int = 1 << 20
@@ -28,8 +29,13 @@ class ServerConfig:
     driver_env: dict[str, str] = field(default_factory=dict)
     watch_poll_s: float = 2.0  # watchers re-read the store this often besides being woken
     submit_retry_s: float = 30.0
+    # Tenants (service/identity.py): a YAML/JSON file mapping tokens to {principal, role}; with it
+    # (or token) every call needs a bearer token and principals see only their own estimates.
+    tokens_file: str = ""
+    auth: Authenticator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self.auth = Authenticator.from_settings(self.token, self.tokens_file)
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit():
             raise InvalidArgument(f"address {self.address!r} must be host:port, e.g. 127.0.0.1:50051 (port 0 = any free)")

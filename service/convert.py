@@ -175,7 +175,6 @@ def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
     return pb.RestrictionResult(
         name=r.get("name", ""), llc_mean=_num(r.get("llc_mean")), llc_std=_num(r.get("llc_std")),
         llc_per_chain=[_num(x) for x in r.get("llc_per_chain") or []], init_loss=_num(r.get("init_loss")),
-        loss_traces=[pb.LossTrace(losses=[_num(x) for x in t]) for t in r.get("loss_traces") or []],
         diagnostics=pb.Diagnostics(rhat=_num(diag.get("rhat")), ess=_num(diag.get("ess")),
                                    mala_acceptance=_num(diag.get("mala_acceptance")),
                                    frac_below_init=_num(diag.get("frac_below_init")),
@@ -210,7 +209,7 @@ def progress_to_proto(progress: dict[str, Any]) -> pb.EstimateProgress:
                       for r in progress.get("restrictions", [])])
 
 
-def estimate_to_proto(rec: JobRecord) -> pb.Estimate:
+def estimate_to_proto(rec: JobRecord, with_result: bool = True) -> pb.Estimate:
     est = pb.Estimate(estimate_id=rec.id, request_id=rec.request_id, owner=rec.owner, state=JOB_STATES[rec.state],
                       spec=spec_from_dict(rec.spec), progress=progress_to_proto(rec.progress), last_seq=rec.last_seq,
                       ray_submission_id=rec.submission_id)
@@ -218,10 +217,20 @@ def estimate_to_proto(rec: JobRecord) -> pb.Estimate:
         ts = timestamp(seconds)
         if ts is not None:
             getattr(est, name).CopyFrom(ts)
-    if rec.result is not None:
+    if with_result and rec.result_json:
         est.result.CopyFrom(result_from_dict(rec.result))
     if rec.error_code or rec.error_message:
         est.error.CopyFrom(pb.EstimateError(code=rec.error_code, message=rec.error_message))
+    return est
+
+
+def estimate_summary(rec: JobRecord) -> pb.Estimate:
+    """ListEstimates' default view: what a table needs, bounded in size (no result; of the spec
+    only the model reference and the restriction names)."""
+    est = estimate_to_proto(rec, with_result=False)
+    full = est.spec
+    est.spec.CopyFrom(pb.EstimateSpec(model=full.model, restrictions=[pb.Restriction(name=r.name)
+                                                                      for r in full.restrictions]))
     return est
 
 

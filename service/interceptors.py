@@ -7,7 +7,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from service.errors import to_status
-from service.identity import token_matches
+from service.identity import Authenticator
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/llc.v1."
@@ -27,17 +27,18 @@ def _rebuild(handler: grpc.RpcMethodHandler, unary: Callable | None, stream: Cal
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """With a token configured, every call but health checks needs `authorization: Bearer <token>`."""
+    """With tokens configured, every call but health checks needs `authorization: Bearer <token>`
+    of a known principal (the servicer asks the same Authenticator who it is)."""
 
-    def __init__(self, token: str):
-        self._token = token
+    def __init__(self, auth: Authenticator):
+        self._auth = auth
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None or details.method.startswith(UNAUTHENTICATED_METHODS):
             return handler
-        if token_matches(details.invocation_metadata, self._token):
+        if self._auth.principal(details.invocation_metadata) is not None:
             return handler
         message = ("missing or wrong bearer token: pass token=... to llc.Client, --token or LLC_TOKEN to the CLI, "
                    "or the metadata 'authorization: Bearer <token>'")

@@ -47,8 +47,8 @@ class LLCServer:
                                                              env_vars=c.driver_env, submit_retry_s=c.submit_retry_s),
                                     notifier)
         interceptors = [ErrorInterceptor()]
-        if c.token:
-            interceptors.insert(0, AuthInterceptor(c.token))
+        if c.auth.required:
+            interceptors.insert(0, AuthInterceptor(c.auth))
         # gRPC's own limit is a backstop above ours, so oversized requests get our clearer message.
         self._server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", 4 * c.max_request_bytes),

@@ -1,6 +1,7 @@
 """The llc.v1.LLCService implementation. Raises domain errors; the error interceptor maps them."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -11,15 +12,17 @@ import grpc
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from cluster.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
+                            Unavailable)
 from cluster.spec import JobSpec
 from service import convert
 from service import progress as progress_mod
 from service.config import ServerConfig
-from service.identity import client_id
+from service.identity import Principal
 from service.notify import JobNotifier
 from service.runner import RayJobRunner
 from service.store import JobRecord, JobStore
+from service.store.base import too_many_active
 
 
 EVENT_PAGE = 1000  # events read from the store per query by a watch
@@ -36,11 +39,19 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         self.config, self.store, self.runner, self.notifier = config, store, runner, notifier
 
     # -------------------------------------------------------------- helpers
-    def _job(self, estimate_id: str) -> JobRecord:
+    def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = self.config.auth.principal(context.invocation_metadata())
+        if principal is None:  # the AuthInterceptor refuses these first
+            raise Unauthenticated("missing or wrong bearer token")
+        return principal
+
+    async def _job(self, estimate_id: str, principal: Principal) -> JobRecord:
+        """The estimate if `principal` may see it; another principal's is NOT_FOUND, word for word
+        as a missing one, so ids of others' estimates cannot be probed."""
         if not estimate_id:
             raise InvalidArgument("estimate_id is empty; pass the id CreateEstimate returned (see ListEstimates)")
-        rec = self.store.get(estimate_id)
-        if rec is None:
+        rec = await asyncio.to_thread(self.store.get, estimate_id)
+        if rec is None or not principal.sees(rec.owner):
             raise NotFound(f"no estimate {estimate_id!r}; list existing ones with ListEstimates (`llc jobs`)")
         return rec
 
@@ -80,7 +91,7 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         if size > self.config.max_request_bytes:
             raise ResourceExhausted(f"the request is {size} bytes; this server accepts at most "
                                     f"{self.config.max_request_bytes} (--max-request-bytes): list fewer files or restrictions")
-        owner = client_id(context)
+        owner = self._principal(context).name
         if not request.HasField("spec"):
             raise InvalidArgument("spec is missing: give at least spec.model and spec.dataset")
         job_id = "est-" + uuid.uuid4().hex[:16]
@@ -90,26 +101,31 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         if request.request_id:
             if len(request.request_id) > 128:
                 raise InvalidArgument("request_id is longer than 128 characters; use a UUID")
-            existing = self.store.find_by_request(owner, request.request_id)
+            existing = await asyncio.to_thread(self.store.find_by_request, owner, request.request_id)
             if existing is not None:
                 return self._existing(existing, fp, request.request_id)
         self._check_limits(spec)
         self._check_paths(spec)
-        active = self.store.count_active(owner)
-        if active >= self.config.max_active_per_client:
-            raise ResourceExhausted(f"client {owner!r} already has {active} estimates queued or running (limit "
-                                    f"{self.config.max_active_per_client}); wait for one to finish or cancel one")
+        limit = self.config.max_active_per_client
+        active = await asyncio.to_thread(self.store.count_active, owner)
+        if active >= limit:  # early, before Ray is asked; the store enforces it atomically below
+            raise too_many_active(owner, active, limit)
         await self.runner.ensure_available()
-        # From here on there is no await before the job is both stored and started, so a
-        # client deadline that cancels this handler leaves either nothing or a running job.
-        rec, created = self.store.create(JobRecord(
+        # Shielded: a client deadline that cancels this handler leaves either nothing or a
+        # stored and started job, never a stored job nobody runs.
+        rec, created = await asyncio.shield(self._store_and_start(JobRecord(
             id=job_id, owner=owner, request_id=request.request_id, fingerprint=fp,
             spec_json=json.dumps(spec_dict, sort_keys=True),
-            progress_json=json.dumps(progress_mod.initial(spec_dict))))
+            progress_json=json.dumps(progress_mod.initial(spec_dict))), limit))
         if not created:
             return self._existing(rec, fp, request.request_id)
-        self.runner.start(rec.id)
         return pb.CreateEstimateResponse(estimate=convert.estimate_to_proto(rec), created=True)
+
+    async def _store_and_start(self, record: JobRecord, limit: int) -> tuple[JobRecord, bool]:
+        rec, created = await asyncio.to_thread(self.store.create, record, max_active=limit)
+        if created:
+            self.runner.start(rec.id)
+        return rec, created
 
     def _existing(self, rec: JobRecord, fp: str, request_id: str) -> pb.CreateEstimateResponse:
         if rec.fingerprint != fp:
@@ -118,7 +134,8 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         return pb.CreateEstimateResponse(estimate=convert.estimate_to_proto(rec), created=False)
 
     async def GetEstimate(self, request: pb.GetEstimateRequest, context):
-        return pb.GetEstimateResponse(estimate=convert.estimate_to_proto(self._job(request.estimate_id)))
+        rec = await self._job(request.estimate_id, self._principal(context))
+        return pb.GetEstimateResponse(estimate=convert.estimate_to_proto(rec))
 
     async def ListEstimates(self, request: pb.ListEstimatesRequest, context):
         size = request.page_size or 50
@@ -130,31 +147,41 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
                 raise InvalidArgument(f"states: {s} is not an estimate state; use QUEUED, RUNNING, SUCCEEDED, "
                                       "FAILED or CANCELLED")
             states.append(convert.PROTO_JOB_STATES[s])
-        records, token = self.store.list(states=states, page_size=size, page_token=request.page_token)
-        return pb.ListEstimatesResponse(estimates=[convert.estimate_to_proto(r) for r in records], next_page_token=token)
+        if request.view not in (pb.ESTIMATE_VIEW_UNSPECIFIED, pb.ESTIMATE_VIEW_SUMMARY, pb.ESTIMATE_VIEW_FULL):
+            raise InvalidArgument(f"view: {request.view} is not an estimate view; use ESTIMATE_VIEW_SUMMARY (the "
+                                  "default) or ESTIMATE_VIEW_FULL")
+        principal = self._principal(context)
+        records, token = await asyncio.to_thread(
+            self.store.list, states=states, owner=None if principal.admin else principal.name, page_size=size,
+            page_token=request.page_token)
+        to_proto = convert.estimate_to_proto if request.view == pb.ESTIMATE_VIEW_FULL else convert.estimate_summary
+        return pb.ListEstimatesResponse(estimates=[to_proto(r) for r in records], next_page_token=token)
 
     async def CancelEstimate(self, request: pb.CancelEstimateRequest, context):
-        rec = self._job(request.estimate_id)
+        principal = self._principal(context)
+        rec = await self._job(request.estimate_id, principal)
         if rec.state.is_terminal:
             raise FailedPrecondition(f"estimate {rec.id} already ended ({rec.state.value}); there is nothing to cancel")
-        done = await self.runner.cancel(rec, reason=f"cancelled by client {client_id(context)!r}")
-        rec = self._job(rec.id)
+        done = await self.runner.cancel(rec, reason=f"cancelled by {principal.name!r}")
+        rec = await self._job(rec.id, principal)
         if done is None and rec.state.value != "CANCELLED":
             raise FailedPrecondition(f"estimate {rec.id} ended ({rec.state.value}) before it could be cancelled")
         return pb.CancelEstimateResponse(estimate=convert.estimate_to_proto(rec))
 
     async def WatchEstimate(self, request: pb.WatchEstimateRequest, context) -> AsyncIterator[pb.WatchEstimateResponse]:
-        rec = self._job(request.estimate_id)
+        principal = self._principal(context)
+        rec = await self._job(request.estimate_id, principal)
         after = request.after_seq if request.HasField("after_seq") else rec.last_seq
         if after < -1:
             raise InvalidArgument(f"after_seq must be >= -1 (-1 = from the first event), got {after}")
-        yield pb.WatchEstimateResponse(seq=rec.last_seq, snapshot=convert.estimate_to_proto(rec))
-        sent_state, unsent = rec.state, False
+        # seq never decreases along the stream: stored events first (in seq order), then a snapshot
+        # whose seq is the last event it reflects; the terminal snapshot comes last, after every event.
+        sent_state, unsent = None, False
         while True:
             wake = self.notifier.waiter(rec.id)
-            rec = self._job(rec.id)  # the state before the events: every event behind it is sent below
+            rec = await self._job(rec.id, principal)  # the state before the events: every event behind it is sent below
             while True:  # in pages, so a long history neither loads at once nor gets cut off
-                page = self.store.events(rec.id, after, limit=EVENT_PAGE)
+                page = await asyncio.to_thread(self.store.events, rec.id, after, limit=EVENT_PAGE)
                 for stored in page:
                     after = stored.seq
                     msg = convert.event_to_proto(stored)
@@ -163,7 +190,6 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
                         unsent = True
                 if len(page) < EVENT_PAGE:
                     break
-            # The stream always ends with a snapshot of the terminal state, after every event.
             if rec.state != sent_state or (rec.state.is_terminal and unsent):
                 yield pb.WatchEstimateResponse(seq=max(after, rec.last_seq), snapshot=convert.estimate_to_proto(rec))
                 sent_state, unsent = rec.state, False

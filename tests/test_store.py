@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, ResourceExhausted
 from service.states import JobState
 from service.store import JobRecord, open_store
 
@@ -52,6 +52,57 @@ def test_concurrent_creates_with_one_request_id_make_one_job(store):
     for t in threads:
         t.join()
     assert len(set(results)) == 1 and len(store.list(page_size=50)[0]) == 1
+
+
+@pytest.mark.parametrize("connections", ["one per thread", "one shared"])
+def test_64_concurrent_creates_against_a_limit_of_16_create_exactly_16(store_url, store, connections):
+    """The count and the insert are one transaction: threads (one store) and processes or replicas
+    (a connection each) cannot both see 15 and both insert. Before, 32 of 32 got through."""
+    url, kwargs = store_url
+    stores = [open_store(url, **kwargs) for _ in range(64)] if connections == "one per thread" else [store] * 64
+    store.create(rec("other", owner="bob"))  # another owner's job counts for bob only
+    start, outcomes = threading.Barrier(64), []
+
+    def create(i):
+        start.wait()
+        try:
+            stores[i].create(rec(f"j{i}"), max_active=16)
+            outcomes.append("created")
+        except ResourceExhausted as exc:
+            outcomes.append("refused" if "'alice' already has 16 " in exc.message else exc.message)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(64)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        for s in set(stores) - {store}:
+            s.close()
+    assert sorted(outcomes) == ["created"] * 16 + ["refused"] * 48
+    assert store.count_active("alice") == 16 and len(store.list(owner="alice", page_size=100)[0]) == 16
+
+
+def test_the_limit_counts_unfinished_jobs_and_spares_idempotent_retries(store):
+    store.create(rec("j1", request_id="r1"), max_active=2)
+    store.create(rec("j2"), max_active=2)
+    with pytest.raises(ResourceExhausted, match="'alice' already has 2 .*--max-active-per-client"):
+        store.create(rec("j3"), max_active=2)
+    assert store.create(rec("j4", request_id="r1"), max_active=2) == (store.get("j1"), False)  # a retry, not new
+    assert store.create(rec("j5", owner="bob"), max_active=2)[1]
+    store.transition("j2", JobState.CANCELLED)
+    assert store.create(rec("j3"), max_active=2)[1]  # a finished job frees its slot
+    assert store.get("j4") is None
+
+
+def test_list_filters_by_owner(store):
+    for i, owner in enumerate(["alice", "bob", "alice"]):
+        store.create(rec(f"j{i}", owner=owner, created_at=1000.0 + i))
+    assert [r.id for r in store.list(owner="alice")[0]] == ["j2", "j0"]
+    page, token = store.list(owner="alice", page_size=1)
+    assert [r.id for r in page] == ["j2"] and [r.id for r in store.list(owner="alice", page_token=token)[0]] == ["j0"]
+    assert [r.id for r in store.list(owner="carol")[0]] == [] and len(store.list()[0]) == 3
 
 
 def test_transitions_follow_the_state_machine(store):
@@ -154,6 +205,11 @@ def test_postgres_store_reconnects_after_losing_its_connection():
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert store.get("j1").id == "j1"  # the call that notices the loss reconnects and retries
         assert store._conn.info.backend_pid != pid
+        pid = store._conn.info.backend_pid
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert store.create(rec("j2"), max_active=16)[1]  # a create's transaction reconnects before it begins
+        assert store.get("j2").state == JobState.QUEUED
     finally:
         store.drop()
         store.close()

@@ -8,10 +8,11 @@ import dataclasses
 import json
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from cluster.errors import InvalidArgument
+from cluster.errors import InvalidArgument, ResourceExhausted
 from service.states import TERMINAL, JobState
 
 _JOB_COLUMNS = ("id", "request_id", "owner", "state", "spec_json", "fingerprint", "submission_id",
@@ -75,8 +76,14 @@ def decode_cursor(token: str) -> tuple[float, str]:
                               "pass next_page_token from the previous response or leave it empty") from None
 
 
+def too_many_active(owner: str, active: int, limit: int) -> ResourceExhausted:
+    return ResourceExhausted(f"principal {owner!r} already has {active} estimates queued or running (limit {limit}, "
+                             "the server's --max-active-per-client); wait for one to finish or cancel one")
+
+
 class JobStore:
-    """Thread-safe; every method is one short transaction."""
+    """Thread-safe; every method is one short transaction. Backends give `_transaction(owner)`:
+    a write transaction that no other create for that owner (in any process) interleaves with."""
 
     placeholder = "?"
     text_type = "TEXT"
@@ -117,6 +124,7 @@ class JobStore:
                       "WHERE request_id <> ''")
         self._execute(f"CREATE INDEX IF NOT EXISTS {ix}_created ON {self._jobs} (created_at, id)")
         self._execute(f"CREATE INDEX IF NOT EXISTS {ix}_state ON {self._jobs} (state)")
+        self._execute(f"CREATE INDEX IF NOT EXISTS {ix}_owner ON {self._jobs} (owner, created_at, id)")
         self._execute(f"""CREATE TABLE IF NOT EXISTS {self._events} (
             job_id {t} NOT NULL, seq {i} NOT NULL, event_json {t} NOT NULL, PRIMARY KEY (job_id, seq))""")
 
@@ -129,17 +137,29 @@ class JobStore:
         cols = ", ".join(_JOB_COLUMNS)
         return [self._row(r) for r in self._fetchall(f"SELECT {cols} FROM {self._jobs} WHERE {where} {tail}", params)]
 
+    def _transaction(self, owner: str) -> AbstractContextManager:
+        raise NotImplementedError
+
     # -------------------------------------------------------------- jobs
-    def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    def create(self, record: JobRecord, *, max_active: int | None = None) -> tuple[JobRecord, bool]:
         """Stores a new QUEUED job; with a request_id already used by this owner, returns
-        that job and False instead."""
+        that job and False instead. With `max_active`, refuses (ResourceExhausted) when the
+        owner already has that many unfinished jobs: the count and the insert are one
+        transaction, so concurrent creates (threads, processes, replicas) cannot overshoot."""
         now = time.time()
         rec = dataclasses.replace(record, state=JobState.QUEUED, created_at=record.created_at or now, updated_at=now)
         values = [getattr(rec, c) for c in _JOB_COLUMNS]
         values[_JOB_COLUMNS.index("state")] = rec.state.value
         cols = ", ".join(_JOB_COLUMNS)
         marks = ", ".join("?" for _ in _JOB_COLUMNS)
-        with self._lock:
+        with self._transaction(rec.owner):
+            found = self.find_by_request(rec.owner, rec.request_id) if rec.request_id else None
+            if found is not None:
+                return found, False
+            if max_active is not None:
+                active = self.count_active(rec.owner)
+                if active >= max_active:
+                    raise too_many_active(rec.owner, active, max_active)
             cur = self._execute(f"INSERT INTO {self._jobs} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", values)
             if cur.rowcount == 1:
                 return rec, True
@@ -157,10 +177,14 @@ class JobStore:
         rows = self._select("owner = ? AND request_id = ?", (owner, request_id))
         return rows[0] if rows else None
 
-    def list(self, *, states: Iterable[JobState] = (), page_size: int = 50,
+    def list(self, *, states: Iterable[JobState] = (), owner: str | None = None, page_size: int = 50,
              page_token: str = "") -> tuple[list[JobRecord], str]:
-        """Newest first. Returns a page and the token of the next one ('' on the last page)."""
+        """Newest first (only `owner`'s if given). Returns a page and the token of the next one
+        ('' on the last page)."""
         where, params = ["1 = 1"], []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
         states = [JobState(s).value for s in states]
         if states:
             where.append(f"state IN ({', '.join('?' for _ in states)})")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import contextmanager
+from typing import Iterator
 
 from service.store.base import JobStore
 
@@ -18,3 +20,16 @@ class SQLiteJobStore(JobStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         self.path = path
         super().__init__(conn)
+
+    @contextmanager
+    def _transaction(self, owner: str) -> Iterator[None]:
+        # IMMEDIATE takes the file's write lock at BEGIN: a second writer (thread or process) waits
+        # here (up to the 30 s busy timeout) instead of reading a count that is about to change.
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")

@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = {k: v for k, v in dict(address=args.listen, store_url=args.store, store_schema=args.store_schema,
-                                      token=args.token or "",
+                                      token=args.token or "", tokens_file=args.tokens_file,
                                       tls_cert=args.tls_cert, tls_key=args.tls_key, max_chains=args.max_chains,
                                       max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
                                       max_active_per_client=args.max_active_per_client,
@@ -146,7 +146,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        estimates = client.list(state=args.state, limit=args.limit)
+        estimates = client.list(state=args.state, limit=args.limit, page_size=max(1, min(50, args.limit)), full=args.full)
     if args.json:
         _print_json([e.to_dict() for e in estimates])
     else:
@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-check-local-paths", action="store_true",
                    default=os.environ.get("LLC_CHECK_LOCAL_PATHS", "1") == "0",
                    help="do not check that local model/data paths exist here (the cluster has other files)")
+    s.add_argument("--tokens-file", default=os.environ.get("LLC_TOKENS_FILE"),
+                   help="YAML/JSON file mapping bearer tokens to {principal, role: user|admin}: principals see "
+                        "only their own estimates, admins every one (default $LLC_TOKENS_FILE)")
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--max-chains", type=int)
@@ -272,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("jobs", parents=[common], help="list estimates, newest first")
     j.add_argument("--state", action="append", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
     j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--full", action="store_true", help="whole estimates with results (λ̂ per restriction), "
+                   "not summaries")
     j.set_defaults(func=cmd_jobs)
 
     for name, func, helptext in (("get", cmd_get, "show one estimate"), ("cancel", cmd_cancel, "cancel an estimate"),

@@ -21,9 +21,10 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 class Client:
     """A connection to an LLC server.
 
-    address: host:port. token: bearer token (default $LLC_TOKEN). tls: use TLS (root_certificates:
-    PEM bytes or a path; default the system roots). client_id: the id your estimates count
-    against (default $LLC_CLIENT_ID or your user name).
+    address: host:port. token: bearer token (default $LLC_TOKEN); on a server with tokens it names
+    who you are, and you see only your own estimates. tls: use TLS (root_certificates: PEM bytes or a
+    path; default the system roots). client_id: on a server without tokens, the label your estimates
+    get as their owner (default $LLC_CLIENT_ID or your user name); a server with tokens ignores it.
     """
 
     def __init__(self, address: str = "127.0.0.1:50051", *, token: str | None = None, tls: bool = False,
@@ -99,13 +100,17 @@ class Client:
     def get(self, estimate_id: str) -> Estimate:
         return Estimate.from_proto(self._call("GetEstimate", pb.GetEstimateRequest(estimate_id=estimate_id)).estimate)
 
-    def list(self, state: str | Iterable[str] | None = None, page_size: int = 50, limit: int | None = None) -> list[Estimate]:
-        """Estimates, newest first; `state` filters (QUEUED, RUNNING, ...); follows pages up to `limit`."""
+    def list(self, state: str | Iterable[str] | None = None, page_size: int = 50, limit: int | None = None,
+             full: bool = False) -> list[Estimate]:
+        """Estimates, newest first; `state` filters (QUEUED, RUNNING, ...); follows pages up to `limit`.
+        Summaries (result None, spec only the model and restriction names) unless `full`; `get(id)`
+        returns one estimate in full."""
         states = [state] if isinstance(state, str) else list(state or [])
         for s in states:
             if s.upper() not in STATES:
                 raise ValueError(f"state must be one of {STATES}, got {s!r}")
         request = pb.ListEstimatesRequest(page_size=page_size,
+                                          view=pb.ESTIMATE_VIEW_FULL if full else pb.ESTIMATE_VIEW_SUMMARY,
                                           states=[pb.EstimateState.Value(f"ESTIMATE_STATE_{s.upper()}") for s in states])
         out: list[Estimate] = []
         while True:
@@ -120,8 +125,9 @@ class Client:
 
     def watch(self, estimate_id: str, *, after_seq: int | None = None, reconnect_for: float = 120.0,
               timeout: float | None = None) -> Iterator[Event]:
-        """Yields the estimate's current state (a snapshot), then live events, until it ends.
-        After a dropped connection (a server restart) it keeps reconnecting for up to
+        """Yields events in seq order until the estimate ends: the stored events after `after_seq`
+        (None: none), a snapshot of the current state, live events and a snapshot on each state change;
+        the last one is the terminal snapshot. After a dropped connection (a server restart) it keeps reconnecting for up to
         `reconnect_for` seconds and resumes from the last event seen: nothing is lost."""
         deadline = time.monotonic() + timeout if timeout else None
         last = after_seq

@@ -77,7 +77,6 @@ class RestrictionResult(_Doc):
     llc_std: float
     llc_per_chain: list[float]
     init_loss: float
-    loss_traces: list[list[float]]
     diagnostics: Diagnostics
     warnings: list[str]
     chains: list[Chain]
@@ -89,11 +88,15 @@ class RestrictionResult(_Doc):
     def from_proto(cls, m: pb.RestrictionResult) -> "RestrictionResult":
         d = m.diagnostics
         return cls(m.name, m.llc_mean, m.llc_std, list(m.llc_per_chain), m.init_loss,
-                   [list(t.losses) for t in m.loss_traces],
                    Diagnostics(d.rhat, d.ess, d.mala_acceptance, d.frac_below_init, list(d.diverged_chains)),
                    list(m.warnings), [Chain.from_proto(c) for c in m.chains],
                    [{"name": t.name, "shape": list(t.shape), "elements": t.elements} for t in m.moved_tensors],
                    m.moved_elements, _struct(m.config))
+
+    @property
+    def loss_traces(self) -> list[list[float]]:
+        """One per chain, in chain order (each trace travels once, in its chain)."""
+        return [c.loss_trace for c in self.chains]
 
 
 @dataclass

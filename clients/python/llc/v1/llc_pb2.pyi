@@ -45,6 +45,12 @@ class InitLossMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INIT_LOSS_MODE_FULL: _ClassVar[InitLossMode]
     INIT_LOSS_MODE_PAIRED: _ClassVar[InitLossMode]
 
+class EstimateView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESTIMATE_VIEW_UNSPECIFIED: _ClassVar[EstimateView]
+    ESTIMATE_VIEW_SUMMARY: _ClassVar[EstimateView]
+    ESTIMATE_VIEW_FULL: _ClassVar[EstimateView]
+
 class EstimateState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ESTIMATE_STATE_UNSPECIFIED: _ClassVar[EstimateState]
@@ -83,6 +89,9 @@ INIT_LOSS_MODE_UNSPECIFIED: InitLossMode
 INIT_LOSS_MODE_AUTO: InitLossMode
 INIT_LOSS_MODE_FULL: InitLossMode
 INIT_LOSS_MODE_PAIRED: InitLossMode
+ESTIMATE_VIEW_UNSPECIFIED: EstimateView
+ESTIMATE_VIEW_SUMMARY: EstimateView
+ESTIMATE_VIEW_FULL: EstimateView
 ESTIMATE_STATE_UNSPECIFIED: EstimateState
 ESTIMATE_STATE_QUEUED: EstimateState
 ESTIMATE_STATE_RUNNING: EstimateState
@@ -252,14 +261,16 @@ class GetEstimateResponse(_message.Message):
     def __init__(self, estimate: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
 
 class ListEstimatesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "states")
+    __slots__ = ("page_size", "page_token", "states", "view")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     states: _containers.RepeatedScalarFieldContainer[EstimateState]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[EstimateState, str]]] = ...) -> None: ...
+    view: EstimateView
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[EstimateState, str]]] = ..., view: _Optional[_Union[EstimateView, str]] = ...) -> None: ...
 
 class ListEstimatesResponse(_message.Message):
     __slots__ = ("estimates", "next_page_token")
@@ -405,12 +416,6 @@ class Diagnostics(_message.Message):
     diverged_chains: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, rhat: _Optional[float] = ..., ess: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., diverged_chains: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class LossTrace(_message.Message):
-    __slots__ = ("losses",)
-    LOSSES_FIELD_NUMBER: _ClassVar[int]
-    losses: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, losses: _Optional[_Iterable[float]] = ...) -> None: ...
-
 class MovedTensor(_message.Message):
     __slots__ = ("name", "shape", "elements")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -422,13 +427,12 @@ class MovedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class RestrictionResult(_message.Message):
-    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "loss_traces", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "config")
+    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "config")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LLC_MEAN_FIELD_NUMBER: _ClassVar[int]
     LLC_STD_FIELD_NUMBER: _ClassVar[int]
     LLC_PER_CHAIN_FIELD_NUMBER: _ClassVar[int]
     INIT_LOSS_FIELD_NUMBER: _ClassVar[int]
-    LOSS_TRACES_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FIELD_NUMBER: _ClassVar[int]
@@ -440,14 +444,13 @@ class RestrictionResult(_message.Message):
     llc_std: float
     llc_per_chain: _containers.RepeatedScalarFieldContainer[float]
     init_loss: float
-    loss_traces: _containers.RepeatedCompositeFieldContainer[LossTrace]
     diagnostics: Diagnostics
     warnings: _containers.RepeatedScalarFieldContainer[str]
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
     moved_tensors: _containers.RepeatedCompositeFieldContainer[MovedTensor]
     moved_elements: int
     config: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., loss_traces: _Optional[_Iterable[_Union[LossTrace, _Mapping]]] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class EstimateResult(_message.Message):
     __slots__ = ("restrictions", "provenance", "warnings")

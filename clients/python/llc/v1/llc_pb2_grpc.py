@@ -84,7 +84,8 @@ class LLCServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEstimates(self, request, context):
-        """Newest first; filter by state; page with page_token.
+        """Newest first; filter by state; page with page_token. Summaries unless
+        view = ESTIMATE_VIEW_FULL (see EstimateView).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,11 +100,19 @@ class LLCServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEstimate(self, request, context):
-        """First message: the estimate's current state (a snapshot). Then every
-        progress event with seq > after_seq as it happens, and a snapshot on each
-        state change; the stream ends after the snapshot of a terminal state.
-        To resume after a disconnect (or UNAVAILABLE when a server restarts), pass
-        the last seq received as after_seq: nothing is lost.
+        """The stream's contract:
+        - seq never decreases from one message to the next. Each event is sent
+        once, in seq order; a snapshot's seq is the last event seq it reflects.
+        - First every stored event with seq > after_seq (none when after_seq is
+        unset), then a snapshot of the current state; then live events as they
+        happen, and a snapshot on each state change.
+        - The last message is the snapshot of the terminal state, sent after every
+        event; then the stream ends. For an estimate that already ended: the
+        replayed events, then that one terminal snapshot.
+        The `result` and `error` events reach watchers inside the terminal
+        snapshot, not as events, so seqs may skip. To resume after a disconnect
+        (or UNAVAILABLE when a server restarts), pass the last seq received as
+        after_seq: nothing is lost or repeated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
