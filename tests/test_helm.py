@@ -45,9 +45,11 @@ GPU = {"ray": {"workerGroups": {"gpu": {"enabled": True, "gpus": 4, "nodeSelecto
 TLS = {"tls": {"enabled": True, "secretName": "llc-tls"}}
 POSTGRES = {"store": {"type": "postgresql", "postgresql": {"url": "postgresql://llc:pw@db.science.svc:5432/llc"}},
             "frontend": {"replicas": 3}}
+TENANTS = {"auth": {"tokens": {"alice-token-0123456789": {"principal": "alice"},
+                               "ops-token-0123456789ab": {"principal": "ops", "role": "admin"}}}}
 VARIANTS = {"default": {}, "gpu": GPU, "tls": TLS, "postgres": POSTGRES,
             "everything": {**GPU, **TLS, **POSTGRES, "sharedStorage": {"enabled": True},
-                           "huggingface": {"tokenSecret": "hf"}, "auth": {"token": "s3cret"},
+                           "huggingface": {"tokenSecret": "hf"}, "auth": {"token": "s3cret", **TENANTS["auth"]},
                            "networkPolicy": {"enabled": True}}}
 
 
@@ -223,12 +225,13 @@ def test_llc_serve_reads_every_setting_the_chart_gives_it(helm, tmp_path, monkey
     assert (args.listen, args.store, args.token) == (env["LLC_LISTEN"], env["LLC_STORE"], env["LLC_TOKEN"])
     if variant == "default":
         assert args.store == "/var/lib/llc/llc-jobs.sqlite" and args.no_check_local_paths is True
-        assert args.tls_cert is None and args.driver_python is None
+        assert args.tls_cert is None and args.driver_python is None and args.tokens_file is None
     else:
         assert args.store.startswith("postgresql://") and args.store_schema == "llc"
         assert args.no_check_local_paths is False  # shared storage: the front end sees the nodes' files
         assert (args.tls_cert, args.tls_key) == ("/etc/llc/tls/tls.crt", "/etc/llc/tls/tls.key")
         assert args.driver_python == "/usr/local/bin/python3"
+        assert args.tokens_file == "/etc/llc/tokens/tokens.yaml"
     # No variable the CLI does not know (a misspelt name would be silently ignored).
     cli_source = Path(llc.cli.__file__).read_text()
     unknown = [n for n in env if n.startswith("LLC_") and f'"{n}"' not in cli_source]
@@ -264,6 +267,34 @@ def test_token_comes_from_a_secret(helm, tmp_path):
     assert not [o for o in external if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-token")]
     off = render(helm, tmp_path, {"auth": {"enabled": False}})
     assert "LLC_TOKEN" not in env_of(off, frontend(off))
+
+
+def test_tenants_tokens_file_is_a_secret_mounted_where_llc_serve_reads_it(helm, tmp_path):
+    from service.identity import Principal, load_tokens_file
+
+    objs = render(helm, tmp_path, TENANTS)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    container = frontend(objs)
+    assert "--tokens-file=/etc/llc/tokens/tokens.yaml" in container["args"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tokens")
+    volume = next(v for v in pod["volumes"] if v["name"] == "tokens")
+    assert mount == {"name": "tokens", "mountPath": "/etc/llc/tokens", "readOnly": True}
+    assert volume["secret"] == {"secretName": f"{FULLNAME}-tokens", "defaultMode": 0o440}
+    (tmp_path / "tokens.yaml").write_bytes(base64.b64decode(one(objs, "Secret", f"{FULLNAME}-tokens")["data"]["tokens.yaml"]))
+    assert sorted(load_tokens_file(str(tmp_path / "tokens.yaml"))) == [
+        ("alice-token-0123456789", Principal("alice")), ("ops-token-0123456789ab", Principal("ops", admin=True))]
+    assert "token-0123456789" not in json.dumps(one(objs, "Deployment"))  # never inline in the pod spec
+    changed = {"auth": {"tokens": {"alice-token-0123456789": {"principal": "alice", "role": "admin"}}}}
+    annotations = lambda o: one(o, "Deployment")["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    assert annotations(render(helm, tmp_path, changed))["checksum/tokens"] != annotations(objs)["checksum/tokens"]
+    external = render(helm, tmp_path, {"auth": {"tokensSecret": "team-tokens", "tokensSecretKey": "principals.json"}})
+    assert "--tokens-file=/etc/llc/tokens/principals.json" in frontend(external)["args"]
+    assert next(v for v in one(external, "Deployment")["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "tokens")["secret"]["secretName"] == "team-tokens"
+    assert not [o for o in external if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-tokens")]
+    plain = render(helm, tmp_path)
+    assert not [a for a in frontend(plain)["args"] if a.startswith("--tokens-file")]
+    assert "tokens" not in {v["name"] for v in one(plain, "Deployment")["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_health_probes_use_grpc_health_checking(helm, tmp_path):
@@ -414,6 +445,11 @@ def test_notes_say_how_to_connect(helm, tmp_path):
     ({"store": {"type": "postgresql", "postgresql": {"url": "mysql://x"}}}, "/store/postgresql/url"),
     ({"tls": {"enabled": True}}, "tls.enabled=true needs tls.secretName"),
     ({"frontend": {"port": 70000}}, "/frontend/port"),
+    ({"auth": {"tokens": {"short": {"principal": "alice"}}}}, "minLength: got 5, want 16"),
+    ({"auth": {"tokens": {"alice-token-0123456789": {"principal": "alice", "role": "root"}}}}, "/auth/tokens"),
+    ({"auth": {"tokens": {"alice-token-0123456789": {"name": "alice"}}}}, "/auth/tokens"),
+    ({"auth": {"enabled": False, **TENANTS["auth"]}}, "need auth.enabled=true"),
+    ({"auth": {"tokensSecret": "team-tokens", **TENANTS["auth"]}}, "not both"),
 ])
 def test_bad_values_are_refused_with_the_value_to_change(helm, tmp_path, values, message):
     out = helm_run(helm, tmp_path, "template", values)
@@ -471,7 +507,13 @@ def start_rendered_frontend(objs: list[dict], tmp_path: Path, ray_url: str, tls_
     assert env["LLC_LISTEN"] == f"0.0.0.0:{rendered_port}" and container["command"] == ["llc", "serve"]
     port = free_port()
     env.update(LLC_LISTEN=f"127.0.0.1:{port}", LLC_STORE=str(tmp_path / "jobs.sqlite"), RAY_DASHBOARD_ADDRESS=ray_url)
-    args = [a.replace("/etc/llc/tls", str(tls_dir)) for a in container["args"]]
+    tokens_dir = tmp_path / "tokens"
+    volumes = {v["name"]: v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    if "tokens" in volumes:  # what the kubelet mounts from the Secret: a file per key
+        tokens_dir.mkdir()
+        for key, value in one(objs, "Secret", volumes["tokens"]["secret"]["secretName"])["data"].items():
+            (tokens_dir / key).write_bytes(base64.b64decode(value))
+    args = [a.replace("/etc/llc/tls", str(tls_dir)).replace("/etc/llc/tokens", str(tokens_dir)) for a in container["args"]]
     proc = subprocess.Popen([LLC, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LLC_"))}, **env})
     return proc, port
@@ -489,7 +531,8 @@ def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant
     """The rendered front end (start_rendered_frontend; no Ray behind it), its probes as the
     kubelet runs them, and calls with and without the Secret's token."""
     tls_dir = tmp_path / "tls"
-    values = {"auth": {"token": "probe-token"}, **(TLS if variant != "plain" else {})}
+    values = {"auth": {"token": "probe-token", **(TENANTS["auth"] if variant == "plain" else {})},
+              **(TLS if variant != "plain" else {})}
     objs = render(helm, tmp_path, values)
     container = frontend(objs)
     if variant != "plain":
@@ -515,6 +558,8 @@ def test_the_rendered_front_end_runs_and_its_probes_pass(helm, tmp_path, variant
         # against the Service's DNS name, as clients in the cluster do).
         assert list_estimates(health, f"127.0.0.1:{port}", tls_cert, "probe-token") == "OK"
         assert list_estimates(health, f"127.0.0.1:{port}", tls_cert, "wrong") == "UNAUTHENTICATED"
+        if variant == "plain":  # a principal of the tokens Secret
+            assert list_estimates(health, f"127.0.0.1:{port}", tls_cert, "alice-token-0123456789") == "OK"
     finally:
         out = stop_process(proc)
     assert proc.returncode == 0, out

@@ -64,6 +64,13 @@ app.kubernetes.io/component: frontend
 {{- default (printf "%s-token" (include "llc.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret with the tokens file of principals; "" = none configured. */}}
+{{- define "llc.tokensSecretName" -}}
+{{- if .Values.auth.tokensSecret -}}{{ .Values.auth.tokensSecret }}
+{{- else if .Values.auth.tokens -}}{{ printf "%s-tokens" (include "llc.fullname" .) }}
+{{- end -}}
+{{- end -}}
+
 {{- define "llc.storeSecretName" -}}
 {{- default (printf "%s-store" (include "llc.fullname" .)) .Values.store.postgresql.existingSecret -}}
 {{- end -}}
@@ -167,6 +174,12 @@ app.kubernetes.io/component: frontend
 {{- end -}}
 {{- if and (eq .Values.store.type "postgresql") (not .Values.store.postgresql.url) (not .Values.store.postgresql.existingSecret) -}}
 {{- fail "store.type=postgresql needs store.postgresql.url (postgresql://USER:PASSWORD@HOST:5432/DB) or store.postgresql.existingSecret (a Secret with the URL under store.postgresql.existingSecretKey)" -}}
+{{- end -}}
+{{- if and (or .Values.auth.tokens .Values.auth.tokensSecret) (not .Values.auth.enabled) -}}
+{{- fail "auth.tokens / auth.tokensSecret need auth.enabled=true: without authentication the server cannot tell principals apart" -}}
+{{- end -}}
+{{- if and .Values.auth.tokens .Values.auth.tokensSecret -}}
+{{- fail "set auth.tokens or auth.tokensSecret, not both: the front end reads one tokens file" -}}
 {{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
 {{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key" -}}
