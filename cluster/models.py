@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from cluster.spec import ModelRef
+from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from cluster.spec import REMOTE_CODE_ENV, ModelRef
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -104,6 +104,11 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     ref.validate()
+    if ref.trust_remote_code and os.environ.get(REMOTE_CODE_ENV) != "1":
+        # Defence in depth: the front end refuses such requests unless its deployment allows them.
+        raise PermissionDenied(f"model.trust_remote_code: this cluster does not run a model's own code "
+                               f"({REMOTE_CODE_ENV} is not 1 in the job's environment); use a model that "
+                               "transformers supports natively, or ask the operator to allow remote code")
     provenance: dict[str, Any] = {}
     if ref.local_path:
         path = Path(ref.local_path).expanduser()

@@ -7,7 +7,8 @@ localization to the selected elements only; everything else stays at w*.
 
 Selectors (cluster.spec.WeightSelector):
   pattern      glob on parameter names (fnmatch, whole name), e.g. 'gpt_neox.layers.0.*'
-  regex        Python regular expression searched in parameter names (re.search)
+  regex        RE2 regular expression searched in parameter names (linear time, so no
+               pattern can pin a worker's CPU; no look-arounds or back-references)
   all          every parameter
   layer i, attention i, mlp i, head (i, h), embedding, unembedding:
                semantic, for the architectures in cluster.architectures
@@ -16,14 +17,13 @@ An empty selector list selects every parameter.
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from cluster.architectures import Block, Selected, architecture_for
 from cluster.errors import InvalidArgument
-from cluster.spec import Restriction, WeightSelector
+from cluster.spec import Restriction, WeightSelector, compile_regex, shown
 
 
 @dataclass
@@ -37,7 +37,7 @@ class WeightSelection:
 
 def _describe(sel: WeightSelector) -> str:
     if sel.kind in ("pattern", "regex"):
-        return f"{sel.kind} {sel.pattern!r}"
+        return f"{sel.kind} {shown(sel.pattern)}"
     if sel.kind == "head":
         return f"head ({sel.layer}, {sel.head})"
     if sel.kind in ("layer", "attention", "mlp"):
@@ -46,8 +46,8 @@ def _describe(sel: WeightSelector) -> str:
 
 
 def _name_examples(names: list[str], k: int = 4) -> str:
-    shown = ", ".join(names[:k])
-    return f"{shown}, ... ({len(names)} parameters)" if len(names) > k else shown
+    listed = ", ".join(names[:k])
+    return f"{listed}, ... ({len(names)} parameters)" if len(names) > k else listed
 
 
 def _select_one(model, architecture: str, sel: WeightSelector, names: list[str]) -> Selected:
@@ -56,10 +56,7 @@ def _select_one(model, architecture: str, sel: WeightSelector, names: list[str])
     if sel.kind == "pattern":
         return Selected({n: None for n in names if fnmatch.fnmatchcase(n, sel.pattern)})
     if sel.kind == "regex":
-        try:
-            rx = re.compile(sel.pattern)
-        except re.error as exc:
-            raise InvalidArgument(f"regex {sel.pattern!r} is not a valid regular expression: {exc}") from None
+        rx = compile_regex(sel.pattern)
         return Selected({n: None for n in names if rx.search(n)})
     return architecture_for(model, architecture).select(sel.kind, sel.layer, sel.head)
 

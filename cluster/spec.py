@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
 from cluster.engine.config import SamplerConfig
 from cluster.errors import InvalidField
 
@@ -20,6 +22,44 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 FILE_FORMATS = ("json", "jsonl", "parquet", "text", "csv")
 SELECTOR_KINDS = ("pattern", "regex", "layer", "head", "attention", "mlp", "embedding", "unembedding", "all")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# Length caps on what a client sends: a value longer than these is a mistake or an attack, and is
+# refused before it reaches a file system, the hub or an error message.
+MAX_TEXT = 256  # hub ids, revisions, configs, splits, column names
+MAX_PATH = 4096  # local paths (Linux PATH_MAX)
+MAX_FILES = 1024  # dataset files (or globs) of one dataset
+MAX_PATTERN = 1024  # a pattern or regex selector
+# Set to "1" in a job's environment by a front end that allows ModelRef.trust_remote_code: the model
+# repository's own Python then runs in the driver and workers (cluster.models refuses it otherwise).
+REMOTE_CODE_ENV = "LLC_ALLOW_REMOTE_CODE"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """repr of a client's value for an error message, cut to about `limit` characters."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, (str, bytes)) else f"{len(text)} characters as text"
+    return f"{text[:limit]}... ({size})"
+
+
+def compile_regex(pattern: str, field: str = "pattern"):
+    """`pattern` compiled by RE2, whose matching is linear in the name's length (no pattern can
+    make it backtrack for ever); RE2 has no look-arounds or back-references."""
+    _require(len(pattern) <= MAX_PATTERN, field, f"is {len(pattern)} characters; at most {MAX_PATTERN} are allowed")
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 8 << 20  # a pattern whose automaton needs more is refused, not built
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise SpecError(field, f"invalid regular expression {shown(pattern)}: {detail} (RE2 syntax: no look-arounds "
+                               "or back-references)") from None
+
+
+def _short(value: Any, field: str, limit: int = MAX_TEXT) -> None:
+    _require(isinstance(value, str), field, f"must be a string, got {type(value).__name__}")
+    _require(len(value) <= limit, field, f"is {len(value)} characters; at most {limit} are allowed")
 
 
 # An invalid job spec; `field` is a path such as `restrictions[1].weights[0].head`.
@@ -50,12 +90,15 @@ class ModelRef:
     trust_remote_code: bool = False
 
     def validate(self, path: str = "model") -> None:
+        for name in ("hub_id", "revision"):
+            _short(getattr(self, name), f"{path}.{name}")
+        _short(self.local_path, f"{path}.local_path", MAX_PATH)
         _require(bool(self.hub_id) != bool(self.local_path), path,
                  "give exactly one of hub_id (e.g. 'EleutherAI/pythia-14m') or local_path")
         if self.hub_id:
             _require(re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", self.hub_id) is not None, f"{path}.hub_id",
-                     f"{self.hub_id!r} is not a hub id of the form 'owner/name'")
-        _require(self.dtype in MODEL_DTYPES, f"{path}.dtype", f"must be one of {MODEL_DTYPES}, got {self.dtype!r}")
+                     f"{shown(self.hub_id)} is not a hub id of the form 'owner/name'")
+        _require(self.dtype in MODEL_DTYPES, f"{path}.dtype", f"must be one of {MODEL_DTYPES}, got {shown(self.dtype)}")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "model") -> "ModelRef":
@@ -83,11 +126,17 @@ class DatasetRef:
     packing: bool = True  # True: concatenate and cut into context_length rows; False: truncate each text
 
     def validate(self, path: str = "dataset") -> None:
+        for name in ("hub_id", "config", "split", "revision", "file_format", "text_column", "input_ids_column"):
+            _short(getattr(self, name), f"{path}.{name}")
+        _require(isinstance(self.files, list) and len(self.files) <= MAX_FILES, f"{path}.files",
+                 f"give at most {MAX_FILES} files or globs")
+        for i, f in enumerate(self.files):
+            _short(f, f"{path}.files[{i}]", MAX_PATH)
         _require(bool(self.hub_id) != bool(self.files), path,
                  "give exactly one of hub_id (e.g. 'NeelNanda/pile-10k') or files (local jsonl/parquet/text)")
         if self.file_format:
             _require(self.file_format in FILE_FORMATS, f"{path}.file_format",
-                     f"must be one of {FILE_FORMATS}, got {self.file_format!r}")
+                     f"must be one of {FILE_FORMATS}, got {shown(self.file_format)}")
         _require(isinstance(self.context_length, int) and 2 <= self.context_length <= 1_048_576,
                  f"{path}.context_length", f"must be an integer in [2, 1048576], got {self.context_length!r}")
         _require(isinstance(self.max_examples, int) and 0 <= self.max_examples <= 100_000_000,
@@ -117,14 +166,12 @@ class WeightSelector:
     head: int = -1
 
     def validate(self, path: str) -> None:
-        _require(self.kind in SELECTOR_KINDS, f"{path}.kind", f"must be one of {SELECTOR_KINDS}, got {self.kind!r}")
+        _require(self.kind in SELECTOR_KINDS, f"{path}.kind", f"must be one of {SELECTOR_KINDS}, got {shown(self.kind)}")
+        _short(self.pattern, f"{path}.pattern", MAX_PATTERN)
         if self.kind in ("pattern", "regex"):
             _require(bool(self.pattern), f"{path}.pattern", f"a {self.kind} selector needs a pattern, e.g. 'gpt_neox.layers.0.*'")
         if self.kind == "regex":
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise SpecError(f"{path}.pattern", f"invalid regular expression: {exc}") from None
+            compile_regex(self.pattern, f"{path}.pattern")
         if self.kind in ("layer", "head", "attention", "mlp"):
             _require(isinstance(self.layer, int) and self.layer >= 0, f"{path}.layer",
                      f"a {self.kind} selector needs layer >= 0, got {self.layer!r}")
@@ -151,7 +198,7 @@ class Restriction:
 
     def validate(self, path: str) -> None:
         _require(isinstance(self.name, str) and NAME_RE.match(self.name) is not None, f"{path}.name",
-                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {self.name!r}")
+                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.name)}")
         for i, sel in enumerate(self.weights):
             sel.validate(f"{path}.weights[{i}]")
         if self.dataset is not None:
@@ -179,7 +226,7 @@ class ComputeSpec:
     gpus_per_chain: float = 0.0  # 0: CPU only; a fraction lets chains share a GPU; >1 must be whole (ZeRO-3)
     cpus_per_chain: float = 1.0
     max_chain_retries: int = 2
-    timeout_s: float = 0.0  # 0: no job timeout
+    timeout_s: float = 0.0  # 0: none; a front end fills in its default_timeout_s (service/config.py)
 
     def validate(self, path: str = "compute") -> None:
         g = self.gpus_per_chain
@@ -213,7 +260,7 @@ class JobSpec:
 
     def validate(self) -> None:
         _require(isinstance(self.job_id, str) and NAME_RE.match(self.job_id) is not None, "job_id",
-                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {self.job_id!r}")
+                 f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.job_id)}")
         self.model.validate()
         self.dataset.validate()
         _require(1 <= len(self.restrictions) <= 4096, "restrictions", f"give 1 to 4096 restrictions, got {len(self.restrictions)}")

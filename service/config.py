@@ -6,7 +6,14 @@ import sys
 from dataclasses import dataclass, field
 
 from cluster.errors import InvalidArgument
+from cluster.spec import REMOTE_CODE_ENV
 from service.identity import Authenticator
+
+
+def default_allowed_roots() -> tuple[str, ...]:
+    """$LLC_ALLOWED_ROOTS (os.pathsep-separated directories), else the server's working directory."""
+    roots = [r for r in os.environ.get("LLC_ALLOWED_ROOTS", "").split(os.pathsep) if r]
+    return tuple(roots) or (os.getcwd(),)
 
 
 @dataclass
@@ -29,6 +36,13 @@ class ServerConfig:
     driver_env: dict[str, str] = field(default_factory=dict)
     watch_poll_s: float = 2.0  # watchers re-read the store this often besides being woken
     submit_retry_s: float = 30.0
+    # Submission policy (service/policy.py): what a client may make the cluster read or run.
+    allow_remote_code: bool = False  # ModelRef.trust_remote_code runs a model repo's own Python (--allow-remote-code)
+    # Local model/dataset paths must resolve, symlinks followed, under one of these (--allow-path);
+    # () = no local paths at all. Relative paths are refused, never resolved against the cwd.
+    allowed_roots: tuple[str, ...] = field(default_factory=default_allowed_roots)
+    default_timeout_s: float = 86_400.0  # compute.timeout_s of an estimate that sets none (--default-timeout)
+    preview_timeout_s: float = 300.0  # PreviewRestrictions answers DEADLINE_EXCEEDED after this (--preview-timeout)
     # Tenants (service/identity.py): a YAML/JSON file mapping tokens to {principal, role}; with it
     # (or token) every call needs a bearer token and principals see only their own estimates.
     tokens_file: str = ""
@@ -51,3 +65,10 @@ class ServerConfig:
                      "max_active_per_client", "max_page_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        self.allowed_roots = tuple(os.path.realpath(os.path.expanduser(r)) for r in self.allowed_roots if r)
+        if not 0 < self.default_timeout_s <= 30 * 86400 or not 0 < self.preview_timeout_s <= 86400:
+            raise InvalidArgument(f"default_timeout_s ({self.default_timeout_s}) must be in (0, 2592000] and "
+                                  f"preview_timeout_s ({self.preview_timeout_s}) in (0, 86400] seconds")
+        # The driver runs remote code only when told so (cluster/models.py); say it either way, so the
+        # Ray head's own environment cannot decide for this server.
+        self.driver_env = {**self.driver_env, REMOTE_CODE_ENV: "1" if self.allow_remote_code else "0"}

@@ -44,7 +44,7 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
     server = None
     try:
         server = BackgroundServer(ServerConfig(address="127.0.0.1:0", store_url=os.path.join(work, "jobs.sqlite"),
-                                               ray_dashboard_url=head.dashboard_url)).start()
+                                               ray_dashboard_url=head.dashboard_url, allowed_roots=(work,))).start()
         print(f"[demo] llc.v1 server on {server.address}; submitting an estimate over gRPC", flush=True)
         with Client(server.address, client_id="demo") as client:
             result = client.estimate(model, data, chains=chains, draws=draws, context_length=32, batch_size=8,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import uuid
 from typing import AsyncIterator
 
@@ -12,14 +11,15 @@ import grpc
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
 
-from cluster.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
-                            Unavailable)
+from cluster.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+                            Unauthenticated, Unavailable)
 from cluster.spec import JobSpec
 from service import convert
 from service import progress as progress_mod
 from service.config import ServerConfig
 from service.identity import Principal
 from service.notify import JobNotifier
+from service.policy import SubmissionPolicy
 from service.runner import RayJobRunner
 from service.store import JobRecord, JobStore
 from service.store.base import too_many_active
@@ -37,6 +37,7 @@ def fingerprint(spec: dict) -> str:
 class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
     def __init__(self, config: ServerConfig, store: JobStore, runner: RayJobRunner, notifier: JobNotifier):
         self.config, self.store, self.runner, self.notifier = config, store, runner, notifier
+        self.policy = SubmissionPolicy(config)
 
     # -------------------------------------------------------------- helpers
     def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
@@ -50,6 +51,9 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         as a missing one, so ids of others' estimates cannot be probed."""
         if not estimate_id:
             raise InvalidArgument("estimate_id is empty; pass the id CreateEstimate returned (see ListEstimates)")
+        if len(estimate_id) > 128:  # ids are at most 128 characters (cluster.spec.NAME_RE)
+            raise InvalidArgument(f"estimate_id is {len(estimate_id)} characters; ids CreateEstimate returns are "
+                                  "at most 128")
         rec = await asyncio.to_thread(self.store.get, estimate_id)
         if rec is None or not principal.sees(rec.owner):
             raise NotFound(f"no estimate {estimate_id!r}; list existing ones with ListEstimates (`llc jobs`)")
@@ -68,22 +72,6 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
             raise InvalidArgument(f"spec.sampler.draws: draws x chains x restrictions = {draws} x {chains} x {n} = "
                                   f"{draws * chains * n} is more than this server allows ({c.max_total_draws}); "
                                   "lower draws or chains, or raise --max-total-draws")
-
-    def _check_paths(self, spec: JobSpec) -> None:
-        if not self.config.check_local_paths:
-            return
-        m = spec.model.local_path
-        if m and not os.path.isfile(os.path.join(m, "config.json")):
-            what = "does not exist" if not os.path.exists(m) else "has no config.json"
-            raise NotFound(f"spec.model.local_path: {m!r} {what}; give a directory saved with save_pretrained "
-                           "(or a hub id in spec.model.hub_id)")
-        datasets = [("spec.dataset", spec.dataset)] + [
-            (f"spec.restrictions[{i}].dataset", r.dataset) for i, r in enumerate(spec.restrictions) if r.dataset]
-        for where, ds in datasets:
-            for j, path in enumerate(ds.files):
-                if not os.path.exists(path):
-                    raise NotFound(f"{where}.files[{j}]: {path!r} does not exist; give a jsonl/json/parquet/text/csv "
-                                   "file the cluster can read")
 
     # -------------------------------------------------------------- RPCs
     async def CreateEstimate(self, request: pb.CreateEstimateRequest, context: grpc.aio.ServicerContext):
@@ -105,7 +93,8 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
             if existing is not None:
                 return self._existing(existing, fp, request.request_id)
         self._check_limits(spec)
-        self._check_paths(spec)
+        await asyncio.to_thread(self.policy.admit, spec, request.spec)  # reads config.json and a few rows
+        spec_dict = spec.to_dict()  # with the server's defaults and resolved paths
         limit = self.config.max_active_per_client
         active = await asyncio.to_thread(self.store.count_active, owner)
         if active >= limit:  # early, before Ray is asked; the store enforces it atomically below
@@ -206,9 +195,15 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         preview_id = uuid.uuid4().hex[:16]
         spec = JobSpec.from_dict(convert.spec_to_dict(request.spec, f"preview-{preview_id}"))
         self._check_limits(spec)
-        self._check_paths(spec)
+        await asyncio.to_thread(self.policy.admit, spec, request.spec)
         await self.runner.ensure_available()
         # The driver reports the preview once its workers loaded the model: one short chain suffices.
         spec.sampler = spec.sampler.replace(chains=1, burn_in=0, draws=1, steps_between_draws=1)
-        restrictions = await self.runner.preview(spec.to_json(), preview_id)
+        try:  # the runner stops the preview's Ray job however this ends
+            restrictions = await asyncio.wait_for(self.runner.preview(spec.to_json(), preview_id),
+                                                  self.config.preview_timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"the preview took longer than this server allows ({self.config.preview_timeout_s:g} "
+                                   "s, --preview-timeout): the cluster may be busy or the model slow to load; retry "
+                                   "later, or submit the estimate, whose first event is the same preview") from None
         return pb.PreviewRestrictionsResponse(restrictions=[convert.preview_from_dict(r) for r in restrictions])

@@ -71,7 +71,7 @@ def decode_cursor(token: str) -> tuple[float, str]:
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
         return float(created_at), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, RecursionError):  # RecursionError: '[[[[...' nested deep
         raise InvalidArgument(f"page_token {token[:40]!r} is not a token this server issued; "
                               "pass next_page_token from the previous response or leave it empty") from None
 

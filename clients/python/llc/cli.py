@@ -54,7 +54,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
                                       max_active_per_client=args.max_active_per_client,
                                       driver_python=args.driver_python,
-                                      check_local_paths=not args.no_check_local_paths).items() if v not in (None, "")}
+                                      check_local_paths=not args.no_check_local_paths,
+                                      allow_remote_code=args.allow_remote_code,
+                                      allowed_roots=tuple(args.allow_path) if args.allow_path else None,
+                                      default_timeout_s=args.default_timeout,
+                                      preview_timeout_s=args.preview_timeout).items() if v not in (None, "")}
     try:
         serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
     except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
@@ -238,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-total-draws", type=int)
     s.add_argument("--max-request-bytes", type=int)
     s.add_argument("--max-active-per-client", type=int)
+    s.add_argument("--allow-path", action="append", metavar="DIR",
+                   help="a directory clients may name local models and data under (repeatable; symlinks are "
+                        "resolved first); default $LLC_ALLOWED_ROOTS (':'-separated), else the working directory")
+    s.add_argument("--allow-remote-code", action="store_true",
+                   help="accept model.trust_remote_code: the model repository's own Python then runs on the "
+                        "cluster as the server's user (off: PERMISSION_DENIED)")
+    s.add_argument("--default-timeout", type=_positive_float, metavar="SECONDS",
+                   help="job timeout of estimates that set no compute.timeout_s (default 86400)")
+    s.add_argument("--preview-timeout", type=_positive_float, metavar="SECONDS",
+                   help="PreviewRestrictions answers DEADLINE_EXCEEDED after this (default 300)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", parents=[common], help="the whole path offline: local Ray, server, tiny model, estimate")
