@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       default_timeout_s=args.default_timeout,
                                       preview_timeout_s=args.preview_timeout).items() if v not in (None, "")}
     try:
-        serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, **settings)
+        serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, stop=args.stop, **settings)
     except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
         if not (hasattr(exc, "code") and hasattr(exc, "message")):
             raise
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-dashboard", help="join this Ray cluster's job API (http://host:8265); default: "
                    "$RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS, else start a local Ray cluster")
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    s.add_argument("--stop", action="store_true",
+                   help="stop the local Ray cluster that an earlier server on this --store left running for "
+                        "unfinished estimates (they are cancelled), then exit")
     s.add_argument("--driver-python", default=os.environ.get("LLC_DRIVER_PYTHON"),
                    help="interpreter that runs `-m cluster.driver` on the Ray head (default: this one)")
     s.add_argument("--no-check-local-paths", action="store_true",
