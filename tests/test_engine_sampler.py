@@ -14,6 +14,7 @@ from cluster.engine.estimate import chain_seed
 def _regression(d=6, n=512, seed=0, noise=0.1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
+    torch.manual_seed(seed)  # the layers' initialisation: independent of which tests ran before
     model = torch.nn.Sequential(torch.nn.Linear(d, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     with torch.no_grad():
         y = model(x) + noise * torch.randn(n, 1, generator=g)
@@ -120,10 +121,10 @@ def test_non_finite_loss_marks_only_that_chain():
     calls = {"n": 0}
 
     def flaky(model, batch):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # step losses only, not the evaluations at w*
         loss = mse(model, batch)
         # chain 0 runs first (FAST: 50 steps); poison its 20th step only
-        return loss * float("nan") if calls["n"] == 20 else loss
+        return loss * float("nan") if calls["n"] == 20 and torch.is_grad_enabled() else loss
 
     config = SamplerConfig(**{**FAST, "chains": 3})
     result = estimate_llc(model, flaky, batches, config, init_loss=0.01)
@@ -168,7 +169,7 @@ def test_rmsprop_sgld_runs_and_restores():
     model, batches = _regression(noise=0.3)
     before = [p.detach().clone() for p in model.parameters()]
     r = estimate_llc(model, mse, batches, SamplerConfig(**{**FAST, "method": "rmsprop_sgld", "step_size": 1e-5}))
-    assert all(math.isfinite(v) and v > 0 for v in r.llc_per_chain)
+    assert all(math.isfinite(v) and v > 0 for v in r.llc_per_chain), (r.llc_per_chain, r.warnings)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -194,13 +195,13 @@ def test_concurrent_workers_give_the_same_chains():
     y = model(x).detach()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
     config = SamplerConfig(**{**FAST, "chains": 4})
+    before = [p.detach().clone() for p in model.parameters()]
     one = estimate_llc(model, mse, loader, config)
     two = estimate_llc(model, mse, loader, config, workers=2)
     # equal up to the rounding of reductions split over fewer intra-op threads
     np.testing.assert_allclose(one.llc_per_chain, two.llc_per_chain, rtol=1e-9)
     np.testing.assert_allclose([c.loss_trace for c in one.chains], [c.loss_trace for c in two.chains], rtol=1e-9)
-    before = [p.detach().clone() for p in model.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the replicas did not touch w*
     with pytest.raises(ConfigError, match="workers"):
         estimate_llc(model, mse, loader, config, workers=0)
 

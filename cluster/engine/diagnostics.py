@@ -1,64 +1,99 @@
-"""Convergence diagnostics of loss traces: split-R̂ and effective sample size.
+"""Convergence diagnostics of an estimate's draws.
 
-Both follow Gelman et al., Bayesian Data Analysis (3rd ed.), §11.4-11.5: chains
-are split in halves; ESS sums autocorrelations with Geyer's initial monotone
-sequence. Input: an array [chains, draws]; NaN-free.
+Input traces are arrays [chains, draws] of the per-draw λ̂ signal, ideally the
+paired difference nβ·(L_m(w_t) - L_m(w*)) on the same batch: raw minibatch losses
+carry batch-to-batch noise (nβ·sd(L_m) can be 10x λ) that hides any drift, so
+diagnostics on them read healthy whatever ε is.
+
+R̂ and ESS are the rank-normalised split-R̂ and bulk/tail ESS of Vehtari et al.
+(2021), computed by arviz-stats (imported on first use: it pulls in scipy).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 
-def _split(traces: np.ndarray) -> np.ndarray:
+def _stats():
+    from arviz_stats.base import array_stats  # scipy: ~1 s to import, only when diagnostics are computed
+
+    return array_stats
+
+
+def _check(traces: np.ndarray) -> np.ndarray:
     traces = np.asarray(traces, dtype=np.float64)
     if traces.ndim != 2:
         raise ValueError(f"traces must be [chains, draws], got shape {traces.shape}")
-    half = traces.shape[1] // 2
-    if half < 2:
+    if traces.shape[1] < 4:
         raise ValueError(f"need at least 4 draws per chain for split diagnostics, got {traces.shape[1]}")
-    return np.concatenate([traces[:, :half], traces[:, -half:]], axis=0)
+    return traces
 
 
 def split_rhat(traces: np.ndarray) -> float:
-    """Potential scale reduction; ≈1 when chains agree, > 1.1 means not mixed."""
-    x = _split(traces)
-    m, n = x.shape
-    means = x.mean(axis=1)
-    within = x.var(axis=1, ddof=1).mean()
-    between = n * means.var(ddof=1)
-    if within == 0:
-        return 1.0 if between == 0 else float("inf")
-    var_plus = (n - 1) / n * within + between / n
-    return float(np.sqrt(var_plus / within))
+    """Rank-normalised split-R̂: ≈ 1 when the chains agree and are stationary."""
+    value = float(_stats().rhat(_check(traces), chain_axis=0, draw_axis=1, method="rank"))
+    return value if math.isfinite(value) else 1.0  # constant traces (e.g. nothing moved)
 
 
-def _autocovariance(x: np.ndarray) -> np.ndarray:
-    """Autocovariance of each row at every lag, by FFT."""
-    n = x.shape[1]
-    centred = x - x.mean(axis=1, keepdims=True)
-    size = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(centred, n=size, axis=1)
-    acov = np.fft.irfft(f * np.conjugate(f), n=size, axis=1)[:, :n]
-    return acov / n
+def effective_sample_size(traces: np.ndarray, method: str = "bulk") -> float:
+    """Effective number of independent draws over all chains: "bulk" (the centre) or "tail" (5%/95% quantiles)."""
+    kwargs = {"prob": (0.05, 0.95)} if method == "tail" else {}
+    value = float(_stats().ess(_check(traces), chain_axis=0, draw_axis=1, method=method, **kwargs))
+    return value if math.isfinite(value) else float(np.size(traces))
 
 
-def effective_sample_size(traces: np.ndarray) -> float:
-    """Effective number of independent draws over all chains."""
-    x = _split(traces)
-    m, n = x.shape
-    acov = _autocovariance(x)
-    chain_var = acov[:, 0] * n / (n - 1)
-    within = chain_var.mean()
-    var_plus = within * (n - 1) / n + (x.mean(axis=1).var(ddof=1) if m > 1 else 0.0)
-    if var_plus <= 0:
-        return float(m * n)
-    rho = 1.0 - (within - acov.mean(axis=0)) / var_plus
-    rho[0] = 1.0
-    # Geyer: sum pairs ρ(2t)+ρ(2t+1) while positive, made monotone non-increasing.
-    pairs = rho[: (n // 2) * 2].reshape(-1, 2).sum(axis=1)
-    positive = np.flatnonzero(pairs <= 0)
-    pairs = pairs[: positive[0]] if positive.size else pairs
-    pairs = np.minimum.accumulate(pairs)
-    tau = -1.0 + 2.0 * pairs.sum()
-    tau = max(tau, 1.0 / np.log10(m * n + 10))  # antithetic chains cannot beat this bound
-    return float(m * n / tau)
+def block_means(traces: np.ndarray, blocks: int = 20) -> np.ndarray:
+    """Means of `blocks` consecutive blocks of each chain (a ragged tail is dropped): the
+    batch-to-batch noise of raw losses shrinks by √(block length), the drift stays."""
+    traces = np.asarray(traces, dtype=np.float64)
+    size = max(1, traces.shape[1] // blocks)
+    kept = (traces.shape[1] // size) * size
+    return traces[:, :kept].reshape(traces.shape[0], -1, size).mean(axis=2)
+
+
+def half_trend(traces: np.ndarray) -> float:
+    """t statistic of (second-half mean - first-half mean) of each chain, pooled over chains.
+
+    Each half mean's variance is its sample variance over its own ESS, so the
+    autocorrelation of the draws is accounted for. A chain still climbing to its
+    stationary level (ε too small for the steps, or too little burn-in) reads t ≫ 0;
+    a stationary one |t| ≲ 2.
+    """
+    traces = _check(traces)
+    half = traces.shape[1] // 2
+    first, second = traces[:, :half], traces[:, -half:]
+    diff = float(np.mean(second.mean(axis=1) - first.mean(axis=1)))
+    var = 0.0
+    for part in (first, second):
+        for row in part:
+            ess = float(_stats().ess(row[None, :], chain_axis=0, draw_axis=1, method="mean"))
+            ess = min(max(ess, 1.0), row.size) if math.isfinite(ess) else row.size
+            var += row.var(ddof=1) / ess
+    var /= traces.shape[0] ** 2
+    if var <= 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / math.sqrt(var)
+
+
+def mean_interval(chain_values: np.ndarray, traces: np.ndarray | None, level: float = 0.95) -> tuple[float, float]:
+    """Half-width of the interval of the mean over chains, and the standard error behind it.
+
+    Two error sources, the larger wins: the spread over C chains, with Student's t at
+    C - 1 degrees of freedom (few chains make a 2·sem interval too narrow), and the
+    Monte Carlo error of the pooled draws, sd/√ESS (autocorrelated draws are fewer
+    than they look). `traces` are the draws whose mean per chain is `chain_values`.
+    """
+    from scipy import stats
+
+    values = np.asarray(chain_values, dtype=np.float64)
+    c = values.size
+    half, sem = 0.0, 0.0
+    if c > 1:
+        sem = float(values.std(ddof=1) / math.sqrt(c))
+        half = float(stats.t.ppf(0.5 + level / 2, c - 1)) * sem
+    if traces is not None and np.asarray(traces).shape[1] >= 4:
+        mcse = float(np.std(traces, ddof=1) / math.sqrt(effective_sample_size(traces)))
+        if float(stats.norm.ppf(0.5 + level / 2)) * mcse > half:
+            half, sem = float(stats.norm.ppf(0.5 + level / 2)) * mcse, max(sem, mcse)
+    return (half if c > 1 or traces is not None else math.nan), sem

@@ -27,9 +27,12 @@ from cluster.engine.sgld import SGLD
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Params = Sequence[str] | Mapping[str, "torch.Tensor | None"] | None
 
-# A step whose nβ·(L_t - L(w*)) exceeds this many times d/2 (the largest possible λ)
-# is a blown-up chain, not a sample: report it as diverged.
+# A step whose nβ·(L_m(w_t) - L_m(w*)) exceeds this many times d/2 (the largest possible λ),
+# beyond BLOWUP_NOISE standard deviations of the batch loss at w*, is a blown-up chain,
+# not a sample: report it as diverged. The noise margin matters for small restrictions
+# at large nβ, where 100·(d/2)/nβ is below plain batch-to-batch loss noise.
 BLOWUP_FACTOR = 100.0
+BLOWUP_NOISE = 20.0
 INIT_LOSS_STREAM = 2**32  # seeds the L(w*) pass apart from every chain index
 
 
@@ -251,7 +254,7 @@ def estimate_llc(
     if mode == "paired":
         inits = [v for c in results for v in c.init_trace]
         init_loss = float(np.mean(inits)) if inits else float("nan")
-    return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements)
+    return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements, paired=mode == "paired")
 
 
 def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> list[ChainResult]:
@@ -303,14 +306,18 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     draw_steps = np.asarray(config.draw_steps())
     is_draw = np.zeros(total, dtype=bool)
     is_draw[draw_steps] = True
+    # L_m(w*) on the same batch: at every draw (the diagnostics' paired signal, and λ̂ in
+    # paired mode) and over the first block (the batch-noise scale for the blow-up check).
+    is_paired = is_draw.copy()
+    is_paired[: config.fetch_every] = True
     paired = init_loss is None
     losses = torch.zeros(total, device=device)
-    inits = torch.zeros(total, device=device) if paired else None
+    inits = torch.zeros(total, device=device)
     log_accept = torch.full((total,), float("nan"), device=device) if config.mala else None
     blowup = BLOWUP_FACTOR * max(elements / 2, 1.0) / config.nbeta
     status, message, steps_done = SUCCEEDED, "", 0
     fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
-    fetched_inits = np.zeros(total) if paired else None
+    fetched_inits = np.zeros(total)
     stream = _batch_stream(batches, seed)
     try:
         for t in range(total):
@@ -319,7 +326,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 loss = loss_fn(model, batch)
             loss.backward()
             losses[t] = loss.detach()
-            if paired and is_draw[t]:
+            if is_paired[t]:
                 inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -328,14 +335,14 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
             if (t + 1) % config.fetch_every == 0 or t + 1 == total:
                 block = slice(steps_done, t + 1)
                 fetched[block] = losses[block].cpu().numpy()
-                if paired:
-                    fetched_inits[block] = inits[block].cpu().numpy()
+                fetched_inits[block] = inits[block].cpu().numpy()
                 steps_done = t + 1
-                reference = fetched_inits[:steps_done] if paired else init_loss
-                status, message = _check_block(fetched[:steps_done], reference, is_draw, blowup, block.start)
+                status, message = _check_block(fetched[:steps_done], fetched_inits[:steps_done],
+                                               is_paired[:steps_done], init_loss, blowup, block.start)
                 if status != SUCCEEDED:
                     break
                 if progress is not None:
+                    reference = fetched_inits[:steps_done] if paired else init_loss
                     progress(ChainProgress(chain, steps_done, total, _llc(fetched[:steps_done], reference, is_draw, config)))
     finally:
         with torch.no_grad():  # back to w* for the next chain or restriction
@@ -344,13 +351,12 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
 
     fetched = fetched[:steps_done]
-    fetched_inits = fetched_inits[:steps_done] if paired else None
+    fetched_inits = fetched_inits[:steps_done]
     draws = is_draw[:steps_done]
     trace = fetched[draws].tolist()
-    init_trace = fetched_inits[draws].tolist() if paired else []
+    init_trace = fetched_inits[draws].tolist()
     llc = _llc(fetched, fetched_inits if paired else init_loss, is_draw, config) if status == SUCCEEDED else float("nan")
-    reference = np.asarray(init_trace) if paired else init_loss
-    below = float(np.mean(np.asarray(trace) < reference)) if trace else None
+    below = float(np.mean(np.asarray(trace) < np.asarray(init_trace))) if trace else None
     mala = None
     if log_accept is not None and status == SUCCEEDED:
         la = log_accept.cpu().numpy()
@@ -385,23 +391,27 @@ def _llc(losses: np.ndarray, init: np.ndarray | float, is_draw: np.ndarray, conf
     return float(config.nbeta * np.mean(losses[draws] - ref))
 
 
-def _check_block(losses: np.ndarray, init: np.ndarray | float | None, is_draw: np.ndarray, blowup: float,
-                 start: int) -> tuple[str, str]:
-    """Divergence check of the steps fetched since `start`."""
+def _check_block(losses: np.ndarray, inits: np.ndarray, is_paired: np.ndarray, init_loss: float | None,
+                 blowup: float, start: int) -> tuple[str, str]:
+    """Divergence check of the steps fetched since `start`.
+
+    Each step is compared with L_m(w*) on its own batch where that was evaluated,
+    else with L(w*) (the mean of the paired values in paired mode); the limit is
+    BLOWUP_FACTOR·(d/2)/nβ above it plus BLOWUP_NOISE standard deviations of L_m(w*)."""
     block = losses[start:]
     finite = np.isfinite(block)
     if not finite.all():
         first = start + int(np.flatnonzero(~finite)[0])
         return DIVERGED, (f"loss became {losses[first]} at step {first}: the chain diverged. "
                           "Lower step_size (ε) or raise gamma (γ).")
-    if isinstance(init, np.ndarray):
-        drawn = init[is_draw[: len(init)]]
-        ref = float(np.mean(drawn)) if drawn.size else None
-    else:
-        ref = init
-    if ref is not None and math.isfinite(ref):
-        worst = int(np.argmax(block))
-        if block[worst] - ref > blowup:
-            return DIVERGED, (f"loss {block[worst]:.4g} at step {start + worst} is far above L(w*) = {ref:.4g} "
-                              "(more than any sample of the local posterior): the chain blew up. Lower step_size (ε).")
+    pairs = inits[is_paired]
+    ref = np.full(block.shape, init_loss if init_loss is not None else float(np.mean(pairs)))
+    own = is_paired[start:]
+    ref[own] = inits[start:][own]
+    noise = float(np.std(pairs)) if pairs.size > 1 else 0.0
+    excess = block - ref
+    worst = int(np.argmax(excess))
+    if excess[worst] > blowup + BLOWUP_NOISE * noise:
+        return DIVERGED, (f"loss {block[worst]:.4g} at step {start + worst} is far above L(w*) = {ref[worst]:.4g} "
+                          "(more than any sample of the local posterior): the chain blew up. Lower step_size (ε).")
     return SUCCEEDED, ""

@@ -8,15 +8,22 @@ from typing import Any
 import numpy as np
 
 from cluster.engine.config import SamplerConfig
-from cluster.engine.diagnostics import effective_sample_size, split_rhat
+from cluster.engine.diagnostics import block_means, effective_sample_size, half_trend, mean_interval, split_rhat
 
 SUCCEEDED, DIVERGED, FAILED = "succeeded", "diverged", "failed"
+
+# Warning thresholds on the diagnostics (docs/calibration.md says why these values).
+RHAT_LIMIT = 1.05  # rank-normalised split-R̂ of the paired λ̂ signal
+TREND_LIMIT = 3.0  # |t| of second-half minus first-half mean
+ESS_LIMIT = 50  # bulk ESS over all chains
+MALA_LIMIT = 0.5
 
 
 @dataclass
 class ChainResult:
     """One chain. `loss_trace` holds the minibatch loss at each draw;
-    `init_trace` the paired L(w*) on the same batches (paired mode only)."""
+    `init_trace` L_m(w*) on the same batches (recorded in every mode: the
+    diagnostics use the paired difference; λ̂ uses it in paired mode only)."""
 
     chain: int
     seed: int
@@ -55,6 +62,7 @@ class LLCResult:
     warnings: list[str]
     config: SamplerConfig
     moving_elements: int = 0
+    calibration: dict[str, Any] | None = None  # how automatic settings were chosen (cluster.engine.calibrate)
 
     @property
     def loss_traces(self) -> list[list[float]]:
@@ -62,9 +70,18 @@ class LLCResult:
 
     @property
     def llc_sem(self) -> float:
-        """Standard error of llc_mean (std over √chains that succeeded)."""
-        n = sum(c.status == SUCCEEDED for c in self.chains)
-        return self.llc_std / math.sqrt(n) if n > 1 else float("nan")
+        """Standard error of llc_mean: the spread over chains, or the draws' Monte Carlo
+        error (sd/√ESS) when that is larger (diagnostics.mean_interval)."""
+        sem = self.diagnostics.get("llc_sem")
+        return float(sem) if sem is not None and sem > 0 else float("nan")
+
+    @property
+    def llc_interval(self) -> tuple[float, float]:
+        """95% interval of llc_mean (t with chains - 1 dof, widened for autocorrelation)."""
+        half = self.diagnostics.get("llc_half_width")
+        if half is None or not math.isfinite(self.llc_mean):
+            return (float("nan"), float("nan"))
+        return (self.llc_mean - half, self.llc_mean + half)
 
     @property
     def diverged_chains(self) -> list[int]:
@@ -75,6 +92,7 @@ class LLCResult:
             "llc_mean": self.llc_mean,
             "llc_std": self.llc_std,
             "llc_sem": self.llc_sem,
+            "llc_interval": list(self.llc_interval),
             "llc_per_chain": self.llc_per_chain,
             "init_loss": self.init_loss,
             "loss_traces": self.loss_traces,
@@ -83,13 +101,19 @@ class LLCResult:
             "chains": [c.to_dict() for c in self.chains],
             "config": self.config.to_dict(),
             "moving_elements": self.moving_elements,
+            "calibration": self.calibration,
         }
 
     @classmethod
     def from_chains(
-        cls, chains: list[ChainResult], config: SamplerConfig, init_loss: float, moving_elements: int = 0
+        cls, chains: list[ChainResult], config: SamplerConfig, init_loss: float, moving_elements: int = 0, *,
+        paired: bool | None = None, calibration: dict[str, Any] | None = None,
     ) -> "LLCResult":
-        """Combine chains (possibly run on different workers) into one estimate."""
+        """Combine chains (possibly run on different workers) into one estimate.
+
+        `config` has numeric nbeta/step_size (the resolved settings); `paired`: whether
+        λ̂ used each draw's own L_m(w*) (default: config.init_loss == "paired")."""
+        paired = config.init_loss == "paired" if paired is None else paired
         chains = sorted(chains, key=lambda c: c.chain)
         ok = [c for c in chains if c.status == SUCCEEDED and math.isfinite(c.llc)]
         values = np.array([c.llc for c in ok])
@@ -98,18 +122,38 @@ class LLCResult:
         diagnostics: dict[str, Any] = {
             "rhat": None,
             "ess": None,
+            "ess_tail": None,
+            "trend_t": None,
+            "llc_sem": None,
+            "llc_half_width": None,
             "mala_acceptance": _nanmean([c.mala_acceptance for c in ok]),
             "frac_below_init": _nanmean([c.frac_below_init for c in ok]),
             "diverged_chains": [c.chain for c in chains if c.status == DIVERGED],
             "failed_chains": [c.chain for c in chains if c.status == FAILED],
+            "init_loss_offset": None,
         }
+        nbeta = float(config.nbeta) if isinstance(config.nbeta, (int, float)) else float("nan")
         lengths = {len(c.loss_trace) for c in ok}
+        estimator = None
         if ok and len(lengths) == 1 and lengths.pop() >= 4:
             traces = np.array([c.loss_trace for c in ok])
-            if len(ok[0].init_trace) == traces.shape[1]:
-                traces = traces - np.array([c.init_trace for c in ok])  # paired: the per-draw λ̂ signal
-            diagnostics["rhat"] = split_rhat(traces)
-            diagnostics["ess"] = effective_sample_size(traces)
+            has_pairs = all(len(c.init_trace) == traces.shape[1] for c in ok)
+            if has_pairs:  # the paired difference: batch-to-batch noise cancels
+                signal = nbeta * (traces - np.array([c.init_trace for c in ok]))
+            else:  # older results without pairs: block means damp the batch noise
+                signal = block_means(nbeta * traces)
+            if signal.shape[1] >= 4:
+                diagnostics["rhat"] = split_rhat(signal)
+                diagnostics["ess"] = effective_sample_size(signal)
+                diagnostics["ess_tail"] = effective_sample_size(signal, "tail")
+                diagnostics["trend_t"] = half_trend(signal)
+            estimator = signal if (paired and has_pairs) else nbeta * traces
+            if has_pairs and not paired:
+                diagnostics["init_loss_offset"] = _init_loss_offset(ok, init_loss, nbeta)
+        if ok:
+            half, sem = mean_interval(values, estimator)
+            diagnostics["llc_half_width"] = half if math.isfinite(half) else None
+            diagnostics["llc_sem"] = sem if sem > 0 else None
         result = cls(
             llc_mean=mean,
             llc_std=std,
@@ -120,9 +164,21 @@ class LLCResult:
             warnings=[],
             config=config,
             moving_elements=moving_elements,
+            calibration=calibration,
         )
         result.warnings = _warnings(result)
         return result
+
+
+def _init_loss_offset(ok: list[ChainResult], init_loss: float, nbeta: float) -> dict[str, float]:
+    """nβ·(L(w*) used - mean L_m(w*) on the draws' own batches) and its standard error.
+
+    λ̂ = nβ·(mean L_m(w_t) - L(w*)) inherits any error of L(w*) times nβ; the draws'
+    own batches give an independent check of it."""
+    pairs = np.concatenate([np.asarray(c.init_trace, dtype=np.float64) for c in ok])
+    offset = nbeta * (init_loss - float(pairs.mean()))
+    se = nbeta * float(pairs.std(ddof=1)) / math.sqrt(pairs.size) if pairs.size > 1 else 0.0
+    return {"offset": offset, "se": se}
 
 
 def _warnings(r: LLCResult) -> list[str]:
@@ -142,25 +198,50 @@ def _warnings(r: LLCResult) -> list[str]:
             f"negative LLC estimate ({r.llc_mean:.4g}): w* is not a local minimum of the loss, or ε/γ are off. "
             "Train further, raise gamma, or lower step_size."
         )
-    sem = r.llc_sem if math.isfinite(r.llc_sem) else 0.05 * abs(r.llc_mean)
-    if r.moving_elements and math.isfinite(r.llc_mean) and r.llc_mean - 2 * sem > r.moving_elements / 2:
+    lo, _ = r.llc_interval
+    if r.moving_elements and math.isfinite(lo) and lo > r.moving_elements / 2:
         out.append(
-            f"LLC estimate {r.llc_mean:.4g} exceeds d/2 = {r.moving_elements / 2:g}, the largest value possible for "
-            f"{r.moving_elements} moving weights: the chain is not sampling the local posterior (lower step_size)."
+            f"LLC estimate {r.llc_mean:.4g} (95% interval from {lo:.4g}) exceeds d/2 = {r.moving_elements / 2:g}, the "
+            f"largest value possible for {r.moving_elements} moving weights: the chain is not sampling the local "
+            "posterior. Lower step_size (ε)."
         )
     if d.get("frac_below_init") is not None and d["frac_below_init"] > 0.5:
         out.append(
             f"{d['frac_below_init']:.0%} of draws have loss below L(w*): w* is not a local minimum "
             "(or nβ·noise dominates); the estimate is unreliable."
         )
-    if d.get("rhat") is not None and d["rhat"] > 1.1:
+    offset = d.get("init_loss_offset")
+    if offset and abs(offset["offset"]) > 3 * offset["se"] and abs(offset["offset"]) > 0.1 * max(abs(r.llc_mean), 1.0):
+        source = (f"the first init_loss_batches={r.config.init_loss_batches} batches"
+                  if r.config.init_loss_batches else "the given init_loss")
         out.append(
-            f"split R-hat = {d['rhat']:.3f} > 1.1: the loss traces are not stationary or chains disagree. "
-            "Add burn_in or draws, or lower step_size."
+            f"L(w*) = {r.init_loss:.6g} from {source} differs from L(w*) on the draws' own batches: it shifts λ̂ by "
+            f"{-offset['offset']:+.4g} (± {offset['se']:.2g}). Set init_loss_batches=0 (the whole sampling set) or "
+            "init_loss='paired'."
         )
-    if d.get("mala_acceptance") is not None and d["mala_acceptance"] < 0.5:
+    trend = d.get("trend_t")
+    if trend is not None and abs(trend) > TREND_LIMIT:
+        direction = "still rising" if trend > 0 else "still falling"
         out.append(
-            f"MALA acceptance {d['mala_acceptance']:.2f} is low (healthy ≈ 0.9): step_size is too large for this "
-            "posterior; lower it."
+            f"the λ̂ trace is {direction} between the first and second half of the draws (t = {trend:.1f}): the chains "
+            "have not reached the local posterior. Raise burn_in or draws, or raise step_size (ε) if it is small "
+            "(leave step_size unset to calibrate it)."
         )
+    if d.get("rhat") is not None and d["rhat"] > RHAT_LIMIT:
+        out.append(
+            f"split R-hat = {d['rhat']:.3f} > {RHAT_LIMIT} on the paired λ̂ signal: the chains disagree or are not "
+            "stationary. Add burn_in or draws; if step_size was set by hand, leave it unset to calibrate it."
+        )
+    if d.get("ess") is not None and d["ess"] < ESS_LIMIT:
+        out.append(
+            f"only {d['ess']:.0f} effective draws (bulk ESS): the draws are strongly autocorrelated and the error "
+            "bar is rough. Raise draws (or steps_between_draws)."
+        )
+    if d.get("mala_acceptance") is not None and d["mala_acceptance"] < MALA_LIMIT:
+        out.append(
+            f"MALA acceptance {d['mala_acceptance']:.2f} is low (healthy ≈ 0.9): step_size (ε) is too large for "
+            "this posterior and inflates λ̂. Lower it (or leave it unset to calibrate it)."
+        )
+    if r.calibration:
+        out.extend(r.calibration.get("warnings", []))
     return out

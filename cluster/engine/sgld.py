@@ -95,8 +95,10 @@ class SGLD(torch.optim.Optimizer):
             self._mask(noise, states)
             if self.track_mala:
                 log_accepts.append(self._log_accept(states, drift, precond, inv_g if precond is not None else None, eps))
-                # -log q(w'|w) = ||ξ||²/2 up to a constant that cancels in log α.
+                # -log q(w'|w) = ||ξ||²/2 + ½·Σ log G, up to a constant that cancels in log α.
                 states[0]["fwd_energy"] = 0.5 * torch.stack([(n * n).sum() for n in noise]).sum()
+                if precond is not None:
+                    states[0]["fwd_energy"] = states[0]["fwd_energy"] + self._half_log_det(precond, states)
 
             # update = -(ε/2)·G·drift + √(εG)·ξ  (drift and ξ are masked, so the update is too)
             if precond is not None:
@@ -161,4 +163,13 @@ class SGLD(torch.optim.Optimizer):
             rev_energy = sq.sum() / (2 * eps)
             du = -(delta * (d_prev + d_now)).sum() / 2
             terms.append(du - rev_energy)
-        return torch.stack(terms).sum() + fwd_energy
+        # log q(w|w') carries -½·Σ log G' of the reverse proposal's covariance εG'
+        rev_log_det = SGLD._half_log_det(precond, states) if precond is not None else 0.0
+        return torch.stack(terms).sum() + fwd_energy - rev_log_det
+
+    @staticmethod
+    def _half_log_det(precond: list[torch.Tensor], states: list[dict]) -> torch.Tensor:
+        """½·Σ log G over the moving elements: the log-determinant part of a proposal's density."""
+        logs = torch._foreach_log(precond)
+        SGLD._mask(logs, states)
+        return 0.5 * torch.stack([t.sum() for t in logs]).sum()
