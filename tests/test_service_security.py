@@ -391,3 +391,22 @@ def test_preview_deadline_and_default_timeout_on_a_real_cluster(make_server, ray
             assert stored.spec.compute.timeout_s == 900 and stored.spec.dataset.context_length == 16
         finally:
             stub.CancelEstimate(pb.CancelEstimateRequest(estimate_id=est.estimate_id), timeout=30)
+
+
+# ------------------------------------------------------------------ TLS mismatch, client side
+def test_a_plaintext_tls_mismatch_says_so_on_the_client(make_server, tmp_path):
+    from llc import Client
+    from llc.errors import Unavailable
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls, plain = make_server(tls_cert=str(cert), tls_key=str(key)), make_server()
+    for address, kwargs, fragment in (
+            (tls.address, {}, "if it serves TLS, connect with TLS"),
+            (plain.address, {"root_certificates": str(cert)}, "does not speak TLS: connect without TLS"),
+            (tls.address, {"tls": True}, "not signed by a CA this client trusts: pass that CA")):
+        with Client(address, timeout=3, **kwargs) as client, pytest.raises(Unavailable) as info:
+            client.get("est-x")
+        assert fragment in info.value.message, info.value.message

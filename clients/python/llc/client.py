@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 import grpc
 
 from llc import requests
-from llc.errors import EstimateCancelled, EstimateFailed, LLCError, from_rpc_error
+from llc.errors import EstimateCancelled, EstimateFailed, LLCError, from_rpc_error, transport_hint
 from llc.results import Estimate, EstimateResult, Event
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
@@ -36,7 +36,8 @@ class Client:
         if token:
             self._metadata.append(("authorization", f"Bearer {token}"))
         options = [("grpc.max_receive_message_length", 256 << 20)]
-        if tls or root_certificates:
+        self.tls = bool(tls or root_certificates)
+        if self.tls:
             roots = root_certificates
             if isinstance(roots, str):
                 with open(roots, "rb") as f:
@@ -56,7 +57,7 @@ class Client:
     def _error(self, exc: grpc.RpcError) -> LLCError:
         err = from_rpc_error(exc)
         if err.code == "UNAVAILABLE" and "connect" in err.message:
-            err.message += f" (is an LLC server running at {self.address}? start one with `llc serve`)"
+            err.message += f" ({transport_hint(err.message, self.tls, self.address)})"
         return err
 
     def close(self) -> None:

@@ -63,6 +63,20 @@ _BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, FailedPrecondition, R
                                 Unauthenticated, DeadlineExceeded)}
 
 
+def transport_hint(message: str, tls: bool, address: str) -> str:
+    """What to change when a connection failed, read from grpc's words for it."""
+    if "WRONG_VERSION_NUMBER" in message or (tls and "handshake" in message.lower() and "CERTIFICATE" not in message):
+        return (f"the server at {address} does not speak TLS: connect without TLS (drop tls=/root_certificates=, "
+                "--tls, --root-cert)")
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return (f"the server at {address} speaks TLS, but its certificate is not signed by a CA this client trusts: "
+                "pass that CA with root_certificates= or --root-cert")
+    if not tls and "Socket closed" in message:
+        return (f"the server at {address} closed the connection at once: if it serves TLS, connect with TLS "
+                "(tls=True or root_certificates=, --tls or --root-cert)")
+    return f"is an LLC server running at {address}? start one with `llc serve`"
+
+
 def from_rpc_error(exc: grpc.RpcError) -> LLCError:
     code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
     details = exc.details() if hasattr(exc, "details") else str(exc)
