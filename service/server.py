@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,10 @@ from service.store import open_store
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = llc_pb2.DESCRIPTOR.services_by_name["LLCService"].full_name
+# Blocking calls (the store, Ray's job client) run in the loop's default executor. Ray's calls
+# can take seconds each under load; with the default min(32, cpus + 4) threads, 50 jobs being
+# submitted queued every request's store call behind them (CreateEstimate p99 6 s).
+IO_THREADS = 64
 
 
 class LLCServer:
@@ -40,6 +45,7 @@ class LLCServer:
 
     async def start(self) -> int:
         c = self.config
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(IO_THREADS, thread_name_prefix="llc-io"))
         kwargs = {"schema": c.store_schema} if c.store_url.startswith(("postgresql://", "postgres://")) else {}
         self.store = open_store(c.store_url, **kwargs)
         notifier = self._notifier = JobNotifier()
