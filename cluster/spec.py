@@ -227,6 +227,14 @@ class ComputeSpec:
     cpus_per_chain: float = 1.0
     max_chain_retries: int = 2
     timeout_s: float = 0.0  # 0: none; a front end fills in its default_timeout_s (service/config.py)
+    # DeepSpeed ZeRO-3 ranks of one chain: g > 1 GPUs mean g ranks; on CPUs (g = 0) a value > 1 runs gloo ranks.
+    ranks_per_chain: int = 1
+    zero_stage: int = 3  # of sharded chains; stages 1-2 keep whole weights on every rank, which saves nothing here
+
+    @property
+    def ranks(self) -> int:
+        """Processes one chain runs in (1: the single-process engine; > 1: a ZeRO-3 group)."""
+        return int(self.gpus_per_chain) if self.gpus_per_chain > 1 else self.ranks_per_chain
 
     def validate(self, path: str = "compute") -> None:
         g = self.gpus_per_chain
@@ -239,6 +247,15 @@ class ComputeSpec:
                  f"{path}.max_chain_retries", f"must be an integer in [0, 10], got {self.max_chain_retries!r}")
         _require(isinstance(self.timeout_s, (int, float)) and 0 <= self.timeout_s <= 30 * 86400,
                  f"{path}.timeout_s", f"must be in [0, 2592000] seconds (0 = none), got {self.timeout_s!r}")
+        r = self.ranks_per_chain
+        _require(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 64, f"{path}.ranks_per_chain",
+                 f"must be an integer in [1, 64], got {r!r}")
+        _require(g == 0 or r == 1 or (g > 1 and r == int(g)), f"{path}.ranks_per_chain",
+                 f"with GPUs a sharded chain has one rank per GPU: set gpus_per_chain={r} and leave ranks_per_chain "
+                 f"unset (got gpus_per_chain={g:g}, ranks_per_chain={r})")
+        _require(self.zero_stage == 3, f"{path}.zero_stage",
+                 f"only ZeRO stage 3 is supported (stages 1-2 keep the whole weights on every rank, which a "
+                 f"single-process chain already does); set zero_stage=3 or leave it unset, got {self.zero_stage!r}")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "compute") -> "ComputeSpec":
@@ -272,6 +289,10 @@ class JobSpec:
         _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "batch_size",
                  f"must be an integer in [1, 65536], got {self.batch_size!r}")
         self.compute.validate()
+        ranks = self.compute.ranks
+        _require(self.batch_size % ranks == 0, "batch_size",
+                 f"a ZeRO-3 chain splits each batch over its {ranks} ranks: make batch_size a multiple of {ranks}, "
+                 f"got {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

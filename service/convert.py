@@ -35,6 +35,9 @@ def _enum(table: dict, value: int, out: dict, key: str, field: str) -> None:
     out[key] = table.get(value, f"<unknown enum value {value} of {field}>")
 
 
+_COMPUTE_FIELDS = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage")
+
+
 def _optional(msg: Any, names: tuple[str, ...], out: dict) -> None:
     for name in names:
         if msg.HasField(name):
@@ -87,7 +90,7 @@ def spec_to_dict(spec: pb.EstimateSpec, job_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"job_id": job_id, "model": model_to_dict(spec.model), "dataset": dataset_to_dict(spec.dataset),
                            "sampler": sampler_to_dict(spec.sampler), "restrictions": [restriction_to_dict(r) for r in spec.restrictions]}
     compute: dict[str, Any] = {}
-    _optional(spec.compute, ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s"), compute)
+    _optional(spec.compute, _COMPUTE_FIELDS, compute)
     out["compute"] = compute
     if spec.HasField("batch_size"):
         out["batch_size"] = spec.batch_size
@@ -133,7 +136,7 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
     spec.sampler.method = _invert(METHODS).get(s.get("method", ""), 0)
     spec.sampler.init_loss = _invert(INIT_LOSS).get(s.get("init_loss", ""), 0)
     spec.sampler.dtype = _invert(DTYPES).get(s.get("dtype", ""), 0)
-    _set(spec.compute, d.get("compute") or {}, ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s"))
+    _set(spec.compute, d.get("compute") or {}, _COMPUTE_FIELDS)
     if "batch_size" in d:
         spec.batch_size = d["batch_size"]
     return spec
