@@ -174,7 +174,8 @@ def start_server(workdir: Path, num_cpus: int) -> tuple[subprocess.Popen, str]:
     address = f"127.0.0.1:{port}"
     # The server runs this checkout's code, whatever is installed.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"),
+                                          os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llc", "serve", "--listen", address, "--store", str(workdir / "jobs.sqlite"),
          "--num-cpus", str(num_cpus), "--driver-python", fake_driver(workdir / "fake-python"),

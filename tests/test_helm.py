@@ -280,7 +280,8 @@ def test_tenants_tokens_file_is_a_secret_mounted_where_llc_serve_reads_it(helm, 
     volume = next(v for v in pod["volumes"] if v["name"] == "tokens")
     assert mount == {"name": "tokens", "mountPath": "/etc/llc/tokens", "readOnly": True}
     assert volume["secret"] == {"secretName": f"{FULLNAME}-tokens", "defaultMode": 0o440}
-    (tmp_path / "tokens.yaml").write_bytes(base64.b64decode(one(objs, "Secret", f"{FULLNAME}-tokens")["data"]["tokens.yaml"]))
+    secret = one(objs, "Secret", f"{FULLNAME}-tokens")["data"]["tokens.yaml"]
+    (tmp_path / "tokens.yaml").write_bytes(base64.b64decode(secret))
     assert sorted(load_tokens_file(str(tmp_path / "tokens.yaml"))) == [
         ("alice-token-0123456789", Principal("alice")), ("ops-token-0123456789ab", Principal("ops", admin=True))]
     assert "token-0123456789" not in json.dumps(one(objs, "Deployment"))  # never inline in the pod spec

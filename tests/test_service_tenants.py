@@ -161,6 +161,19 @@ def test_list_returns_summaries_unless_the_full_view_is_asked_for(tenants):
     assert got == grpc.StatusCode.INVALID_ARGUMENT and "ESTIMATE_VIEW_FULL" in message
 
 
+def test_the_cli_lists_summaries_and_full_estimates_with_full(tenants, capsys):
+    from llc.cli import main
+
+    server, _ = tenants
+    stored(server, "est-done", "alice", JobState.SUCCEEDED, result=result_document())
+    for extra, has_result in (([], False), (["--full"], True)):
+        assert main(["jobs", "--address", server.address, "--token", ALICE, "--json", *extra]) == 0
+        listed, = json.loads(capsys.readouterr().out)
+        assert listed["id"] == "est-done" and (listed["result"] is not None) == has_result
+    assert main(["jobs", "--address", server.address, "--token", ALICE, "--full"]) == 0
+    assert "full=2.5±0" in capsys.readouterr().out  # λ̂ per restriction in the table line
+
+
 def test_each_loss_trace_is_sent_once_and_the_sdk_derives_loss_traces_from_the_chains(tenants):
     from llc import Client
 
@@ -256,7 +269,8 @@ def test_concurrent_creates_through_the_server_respect_the_principals_limit(ray_
     python = fake_interpreter(tmp_path / "python", f"echo '{started}'\nsleep 120\n")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "a b"}) + "\n")
-    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"), tokens_file=tokens_file(tmp_path),
+    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
+                          tokens_file=tokens_file(tmp_path),
                           ray_dashboard_url=ray_head.dashboard_url, driver_python=python, check_local_paths=False,
                           max_active_per_client=8)
     spec = pb.EstimateSpec(model=pb.ModelRef(hub_id="org/model"), dataset=pb.DatasetRef(files=[str(data)]))

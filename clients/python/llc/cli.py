@@ -150,7 +150,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        estimates = client.list(state=args.state, limit=args.limit, page_size=max(1, min(50, args.limit)), full=args.full)
+        estimates = client.list(state=args.state, limit=args.limit, page_size=max(1, min(50, args.limit)),
+                                full=args.full)
     if args.json:
         _print_json([e.to_dict() for e in estimates])
     else:
