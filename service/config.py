@@ -11,9 +11,10 @@ from service.identity import Authenticator
 
 
 def default_allowed_roots() -> tuple[str, ...]:
-    """$LLC_ALLOWED_ROOTS (os.pathsep-separated directories), else the server's working directory."""
-    roots = [r for r in os.environ.get("LLC_ALLOWED_ROOTS", "").split(os.pathsep) if r]
-    return tuple(roots) or (os.getcwd(),)
+    """$LLC_ALLOWED_ROOTS (os.pathsep-separated directories; set but empty = none), else the
+    server's working directory."""
+    value = os.environ.get("LLC_ALLOWED_ROOTS")
+    return (os.getcwd(),) if value is None else tuple(r for r in value.split(os.pathsep) if r)
 
 
 @dataclass

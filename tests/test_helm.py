@@ -672,7 +672,9 @@ def test_the_deployment_in_miniature_runs_an_estimate(helm, tmp_path, tiny_lm_di
     API with the Secret's token. Only addresses, ports and the worker's CPU count are local."""
     from llc import Client
 
-    objs = render(helm, tmp_path, {"auth": {"token": "mini-token"}})
+    # The model and data stand in for a shared volume's files: the front end may read them there.
+    roots = [os.path.commonpath([str(tiny_lm_dirs["gpt2"]), str(text_jsonl)])]
+    objs = render(helm, tmp_path, {"auth": {"token": "mini-token"}, "frontend": {"policy": {"allowedRoots": roots}}})
     ray = one(objs, "RayCluster")["spec"]
     head_spec, (cpu_group,) = ray["headGroupSpec"], ray["workerGroupSpecs"]
     head_params = {k: v for k, v in head_spec["rayStartParams"].items() if not k.startswith("dashboard-")}

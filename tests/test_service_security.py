@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
+from tests.test_helm import helm  # noqa: F401 (the session fixture that fetches the helm binary)
 
 ACCEPTED, INVALID, NOT_FOUND = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -176,6 +177,37 @@ def test_the_default_root_is_the_working_directory_or_llc_allowed_roots(monkeypa
     assert ServerConfig(ray_dashboard_url="http://127.0.0.1:1").allowed_roots == (str(tmp_path.resolve()),)
     monkeypatch.setenv("LLC_ALLOWED_ROOTS", f"/data{os.pathsep}/models/../models")
     assert ServerConfig(ray_dashboard_url="http://127.0.0.1:1").allowed_roots == ("/data", "/models")
+    monkeypatch.setenv("LLC_ALLOWED_ROOTS", "")  # set but empty: no local paths at all (the chart without storage)
+    assert ServerConfig(ray_dashboard_url="http://127.0.0.1:1").allowed_roots == ()
+
+
+@pytest.mark.parametrize("values,roots,remote_code", [
+    ({}, "", False),
+    ({"sharedStorage": {"enabled": True}}, "/data", False),
+    ({"sharedStorage": {"enabled": True}, "frontend": {"policy": {"allowRemoteCode": True,
+                                                                  "allowedRoots": ["/models", "/datasets"]}}},
+     "/models:/datasets", True),
+])
+def test_the_chart_passes_the_policy_to_the_front_end(helm, tmp_path, monkeypatch, values, roots, remote_code):
+    from llc.cli import build_parser
+    from service.config import ServerConfig
+    from tests.test_helm import env_of, frontend, render
+
+    objs = render(helm, tmp_path, values)
+    container = frontend(objs)
+    assert env_of(objs, container)["LLC_ALLOWED_ROOTS"] == roots
+    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert args.allow_remote_code is remote_code and args.default_timeout == 86400 and args.preview_timeout == 300
+    monkeypatch.setenv("LLC_ALLOWED_ROOTS", roots)
+    config = ServerConfig(ray_dashboard_url="http://127.0.0.1:1", allow_remote_code=args.allow_remote_code)
+    assert config.allowed_roots == tuple(r for r in roots.split(":") if r)
+
+
+def test_the_chart_refuses_relative_roots(helm, tmp_path):
+    from tests.test_helm import helm_run
+
+    out = helm_run(helm, tmp_path, "template", {"frontend": {"policy": {"allowedRoots": ["data"]}}})
+    assert out.returncode != 0 and "allowedRoots" in out.stderr
 
 
 # ------------------------------------------------------------------ regexes

@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       driver_python=args.driver_python,
                                       check_local_paths=not args.no_check_local_paths,
                                       allow_remote_code=args.allow_remote_code,
-                                      allowed_roots=tuple(args.allow_path) if args.allow_path else None,
+                                      allowed_roots=None if args.allow_path is None else tuple(args.allow_path),
                                       default_timeout_s=args.default_timeout,
                                       preview_timeout_s=args.preview_timeout).items() if v not in (None, "")}
     try:
@@ -246,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-total-draws", type=int)
     s.add_argument("--max-request-bytes", type=int)
     s.add_argument("--max-active-per-client", type=int)
+    roots = os.environ.get("LLC_ALLOWED_ROOTS")  # ':'-separated; set but empty = no local paths at all
     s.add_argument("--allow-path", action="append", metavar="DIR",
-                   help="a directory clients may name local models and data under (repeatable; symlinks are "
-                        "resolved first); default $LLC_ALLOWED_ROOTS (':'-separated), else the working directory")
+                   default=None if roots is None else [r for r in roots.split(os.pathsep) if r],
+                   help="a directory clients may name local models and data under (repeatable, added to "
+                        "$LLC_ALLOWED_ROOTS; symlinks are resolved first); default: the working directory")
     s.add_argument("--allow-remote-code", action="store_true",
                    help="accept model.trust_remote_code: the model repository's own Python then runs on the "
                         "cluster as the server's user (off: PERMISSION_DENIED)")
