@@ -164,9 +164,56 @@ def test_relative_paths_and_escaping_globs_are_refused(make_server, root, tmp_pa
 
 
 def test_a_server_without_roots_reads_no_local_files(make_server, root):
+    from llc import Client
+    from llc.errors import PermissionDenied
+
     server = make_server(allowed_roots=())
     got, message = create(server, spec_for(root / "model", root / "train.jsonl"))
     assert got == DENIED and "hub id" in message
+    with Client(server.address) as client, pytest.raises(PermissionDenied):  # the SDK's own error type
+        client.submit(str(root / "model"), str(root / "train.jsonl"))
+
+
+def test_a_front_end_that_cannot_see_the_cluster_files_still_confines_paths(make_server, root, tmp_path):
+    server = make_server(allowed_roots=(str(root),), check_local_paths=False)
+    assert create(server, spec_for(root / "model", root / "only-on-the-nodes.jsonl"))[0] == ACCEPTED
+    assert create(server, spec_for(root / "model", f"{root}/../outside/x.jsonl"))[0] == DENIED
+    assert create(server, spec_for(tmp_path / "outside", root / "train.jsonl"))[0] == DENIED
+
+
+def test_a_hub_model_in_the_local_cache_is_checked_early(tmp_path):
+    """A hub id whose config.json is in the Hugging Face cache gets the same early checks (no network)."""
+    snapshot = tmp_path / "hub" / "models--owner--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 2,
+                                                      "num_attention_heads": 4, "max_position_embeddings": 64}))
+    (tmp_path / "hub" / "models--owner--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--tiny" / "refs" / "main").write_text("a" * 40)
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
+    code = f"""
+from llc.v1 import llc_pb2 as pb
+from cluster.errors import InvalidArgument
+from cluster.spec import JobSpec
+from service import convert
+from service.config import ServerConfig
+from service.policy import SubmissionPolicy
+policy = SubmissionPolicy(ServerConfig(ray_dashboard_url="http://127.0.0.1:1", allowed_roots=({str(tmp_path)!r},)))
+spec = pb.EstimateSpec()
+spec.model.hub_id = "owner/tiny"
+spec.dataset.files.append({str(tmp_path / "train.jsonl")!r})
+job = JobSpec.from_dict(convert.spec_to_dict(spec, "est-x"))
+policy.admit(job, spec)
+assert job.dataset.context_length == 64, job.dataset.context_length
+spec.restrictions.add(name="h", weights=[pb.WeightSelector(kind=pb.SELECTOR_KIND_HEAD, layer=0, head=4)])
+try:
+    policy.admit(JobSpec.from_dict(convert.spec_to_dict(spec, "est-y")), spec)
+    raise SystemExit("head 4 of 4 was accepted")
+except InvalidArgument as exc:
+    assert "head 4 is out of range" in exc.message, exc.message
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
 
 
 def test_the_default_root_is_the_working_directory_or_llc_allowed_roots(monkeypatch, tmp_path):

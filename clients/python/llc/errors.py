@@ -47,6 +47,12 @@ class DeadlineExceeded(LLCError):
     code = "DEADLINE_EXCEEDED"
 
 
+class PermissionDenied(LLCError):
+    """The server does not do that for clients: remote code, or a path outside its allowed roots."""
+
+    code = "PERMISSION_DENIED"
+
+
 class EstimateFailed(LLCError):
     """The estimate ran and failed; `estimate` holds its final state."""
 
@@ -60,7 +66,7 @@ class EstimateCancelled(EstimateFailed):
 
 
 _BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable,
-                                Unauthenticated, DeadlineExceeded)}
+                                Unauthenticated, DeadlineExceeded, PermissionDenied)}
 
 
 def transport_hint(message: str, tls: bool, address: str) -> str:
