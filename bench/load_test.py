@@ -124,11 +124,13 @@ async def one_estimate(stub, metadata, request_id: str) -> Outcome:
             await asyncio.sleep(1.0)
 
 
-async def client(address: str, index: int, count: int, run: str) -> list[Outcome]:
+async def client(address: str, index: int, count: int, run: str, outcomes: list[Outcome]) -> None:
+    """One client's share, one estimate after another; each outcome is kept as soon as it is known."""
     metadata = [("llc-client-id", f"load-{index}")]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = llc_pb2_grpc.LLCServiceStub(channel)
-        return [await one_estimate(stub, metadata, f"{run}-{index}-{k}") for k in range(count)]
+        for k in range(count):
+            outcomes.append(await one_estimate(stub, metadata, f"{run}-{index}-{k}"))
 
 
 async def listed_ids(address: str) -> list[str]:
@@ -223,11 +225,13 @@ async def run_load(estimates: int, clients: int, num_cpus: int = 2, timeout: flo
         await wait_serving(address, proc, 120, work / "serve.log")
         shares = [estimates // clients + (i < estimates % clients) for i in range(clients)]
         run = uuid.uuid4().hex[:8]
-        start = time.perf_counter()
-        per_client = await asyncio.wait_for(
-            asyncio.gather(*(client(address, i, n, run) for i, n in enumerate(shares))), timeout)
+        start, outcomes, late = time.perf_counter(), [], ""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(client(address, i, n, run, outcomes)
+                                                    for i, n in enumerate(shares))), timeout)
+        except asyncio.TimeoutError:  # report what finished; the estimates in flight count as problems
+            late = f"--timeout {timeout:.0f} s passed with {len(outcomes)} of {estimates} estimates finished"
         wall = time.perf_counter() - start
-        outcomes = [o for batch in per_client for o in batch]
         try:
             listed, list_error = await listed_ids(address), ""
         except grpc.aio.AioRpcError as exc:
@@ -246,7 +250,7 @@ async def run_load(estimates: int, clients: int, num_cpus: int = 2, timeout: flo
                                   "p99": round(1000 * percentile(creates, 99), 1),
                                   "max": round(1000 * max(creates, default=float("nan")), 1)},
             "time_to_terminal_s": {"p50": round(percentile(done, 50), 2), "p99": round(percentile(done, 99), 2)},
-            "problems": ([list_error] if list_error else []) + check(outcomes, listed, estimates)[:20],
+            "problems": [p for p in (late, list_error) if p] + check(outcomes, listed, estimates)[:20],
             "outcomes": [asdict(o) for o in outcomes]}
 
 
