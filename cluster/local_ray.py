@@ -11,13 +11,15 @@ private_temp_dir): with the shared /tmp/ray, jobs can land on another local clus
 Used by `llc serve`, `llc demo` and the tests.
 
 `start_head(joinable=False)` is a single-node cluster whose every port binds 127.0.0.1
-(`llc serve`'s embedded Ray). A head can outlive its starter: `save_state` records it in a
+(`llc serve`'s embedded Ray); `auth=True` adds Ray's token auth, so other local users
+cannot use it either (RayNode.auth_env() is what a client of it needs). A head can outlive its starter: `save_state` records it in a
 JSON file, `adopt_head` re-attaches to it later if that process is still the one we started.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -83,6 +85,11 @@ class RayNode:
     temp_dir: str = ""  # RAY_TMPDIR of the node's processes
     _owns_temp_dir: bool = field(default=False, repr=False)
     mark: str = ""  # MARK_ENV of the node's processes
+    token_file: str = ""  # Ray's auth token (auth=True), readable by this user only
+
+    def auth_env(self) -> dict[str, str]:
+        """The environment a client of this cluster needs (Ray's own clients read it)."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_file} if self.token_file else {}
 
     def alive(self) -> bool:
         if isinstance(self.process, subprocess.Popen):
@@ -114,6 +121,8 @@ class RayNode:
             self._log.close()
         if self._owns_temp_dir and not self.alive():
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+        elif self.token_file and not self.alive():
+            _remove(self.token_file)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -182,20 +191,37 @@ def _spawn(args: list[str], name: str, temp_dir: str, log_dir: str | None = None
     return proc, log.name, log
 
 
-def job_api_ready(dashboard_url: str, timeout: float = 2.0) -> bool:
+def job_api_ready(dashboard_url: str, timeout: float = 2.0, token_file: str = "") -> bool:
+    request = urllib.request.Request(f"{dashboard_url}/api/version", headers=_auth_header(token_file))
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/version", timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status == 200 and "ray_version" in json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
+def _auth_header(token_file: str) -> dict[str, str]:
+    if not token_file:
+        return {}
+    with open(token_file) as f:
+        return {"Authorization": f"Bearer {f.read().strip()}"}
+
+
+def _new_token_file(directory: str) -> str:
+    path = os.path.join(directory, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    return path
+
+
 def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dict[str, float] | None = None,
                host: str = "127.0.0.1", timeout: float = 90.0, temp_dir: str | None = None,
-               joinable: bool = True) -> RayNode:
+               joinable: bool = True, auth: bool = False) -> RayNode:
     """Starts a head node with the dashboard on free ports; returns once its job API answers.
     temp_dir: Ray's temp dir (default $RAY_TMPDIR, else a private one, removed by stop()).
-    joinable=False: no other node can join, and every Ray port binds 127.0.0.1 (see LOOPBACK_ENV)."""
+    joinable=False: no other node can join, and every Ray port binds 127.0.0.1 (see LOOPBACK_ENV).
+    auth=True: Ray's token auth with a new token in the temp dir (node.token_file, mode 0600)."""
     owns = not (temp_dir or os.environ.get("RAY_TMPDIR"))
     temp_dir = temp_dir or os.environ.get("RAY_TMPDIR") or private_temp_dir()
     port, dash = free_port(), free_port()
@@ -207,17 +233,20 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
     if resources:
         args.append(f"--resources={json.dumps(resources)}")
     mark = uuid.uuid4().hex
+    token_file = _new_token_file(temp_dir) if auth else ""
     extra = {MARK_ENV: mark, **({} if joinable else LOOPBACK_ENV)}
+    if token_file:
+        extra.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file)
     # The node's own log goes with its private temp dir (removed by stop()); else to /tmp.
     proc, log_path, log = _spawn(args, "head", temp_dir, temp_dir if owns else None, extra)
-    node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log, temp_dir, owns, mark)
+    node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log, temp_dir, owns, mark, token_file)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if not node.alive():
                 raise Unavailable(f"the Ray head node exited with code {proc.returncode}; its log ({log_path}):\n"
                                   + node.log_tail())
-            if job_api_ready(node.dashboard_url):
+            if job_api_ready(node.dashboard_url, token_file=token_file):
                 return node
             time.sleep(0.5)
     except BaseException:  # interrupted (SIGTERM, Ctrl-C) while starting: leave nothing behind
@@ -268,12 +297,13 @@ class HeadState:
     temp_dir: str
     owns_temp_dir: bool
     log_path: str
+    token_file: str = ""
 
 
 def save_state(node: RayNode, path: str) -> None:
     """Writes the head's HeadState to `path` (readable by this user only), atomically."""
     state = HeadState(node.process.pid, psutil.Process(node.process.pid).create_time(), node.mark, node.address,
-                      node.dashboard_url, node.temp_dir, node._owns_temp_dir, node.log_path)
+                      node.dashboard_url, node.temp_dir, node._owns_temp_dir, node.log_path, node.token_file)
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -299,19 +329,30 @@ def adopt_head(path: str) -> RayNode | None:
         proc = _recorded_process(state)
         if proc is not None:
             node = RayNode(proc, state.address, state.dashboard_url, state.log_path, None, state.temp_dir, owns,
-                           state.mark)
-            if job_api_ready(state.dashboard_url, timeout=5.0):
+                           state.mark, state.token_file)
+            if _answers(node):
                 return node
             node.stop(timeout=10)  # hung: a head whose job API does not answer is of no use
         else:  # gone (or its pid reused): only stragglers of its session or with its mark remain
             _kill([p for p in node_processes(state.mark, state.pid) if _started_since(p, state.create_time)])
             if owns:
                 shutil.rmtree(state.temp_dir, ignore_errors=True)
+    _remove(path)
+    return None
+
+
+def _answers(node: RayNode) -> bool:
+    try:
+        return job_api_ready(node.dashboard_url, timeout=5.0, token_file=node.token_file)
+    except OSError:  # its token file is gone: of no use
+        return False
+
+
+def _remove(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
-    return None
 
 
 def _recorded_process(state: HeadState) -> psutil.Process | None:

@@ -1,7 +1,8 @@
 """`llc serve`: the front end with its embedded defaults (a local Ray cluster and SQLite),
 or joined to an existing cluster (RAY_ADDRESS / --ray-dashboard).
 
-The embedded Ray binds 127.0.0.1 only and outlives the front end while estimates are
+The embedded Ray binds 127.0.0.1 only, requires Ray's token auth (a fresh token, readable by
+this user only, in its private temp dir), and outlives the front end while estimates are
 unfinished: it is recorded next to the store (`<store>.ray.json`), and the next `llc serve`
 with that store re-attaches to it, so the estimates finish and keep their results. It stops,
 with its processes and temp dir, when the server stops with nothing unfinished, or with
@@ -121,13 +122,13 @@ def _embedded_ray(state_path: str, num_cpus: int | None) -> RayNode:
         return head
     cpus = num_cpus or os.cpu_count() or 1
     print(f"starting a local Ray cluster ({cpus} CPUs) ...", flush=True)
-    head = start_head(num_cpus=cpus, joinable=False)
+    head = start_head(num_cpus=cpus, joinable=False, auth=True)
     try:
         save_state(head, state_path)
     except BaseException:
         head.stop()
         raise
-    print(f"local Ray: {head.address}, job API {head.dashboard_url} (listening on 127.0.0.1 only; "
+    print(f"local Ray: {head.address}, job API {head.dashboard_url} (on 127.0.0.1 only, with Ray's token auth; "
           f"recorded in {state_path})", flush=True)
     return head
 
@@ -195,6 +196,7 @@ def run(*, ray_dashboard: str = "", num_cpus: int | None = None, stop: bool = Fa
     head: RayNode | None = None
     try:
         head = _embedded_ray(state_path, num_cpus)
+        os.environ.update(head.auth_env())  # the runner's JobSubmissionClient (Ray) reads the token from here
         asyncio.run(_serve(dataclasses.replace(config, ray_dashboard_url=head.dashboard_url)))
     finally:
         if head is not None:

@@ -69,3 +69,47 @@ def test_jobs_run_on_their_own_cluster_when_another_started_later():
     finally:
         second.stop()
         first.stop()
+
+
+def _state(tmp_path, **fields) -> str:
+    import json
+
+    path = str(tmp_path / "jobs.sqlite.ray.json")
+    base = dict(pid=os.getpid(), create_time=0.0, mark="not-ours", address="127.0.0.1:1",
+                dashboard_url=f"http://127.0.0.1:{free_port()}", temp_dir="", owns_temp_dir=True, log_path="")
+    with open(path, "w") as f:
+        json.dump({**base, **fields}, f)
+    return path
+
+
+def test_adopt_head_clears_the_remains_of_a_dead_head(tmp_path):
+    import subprocess
+    import tempfile
+
+    from cluster.local_ray import adopt_head
+
+    assert adopt_head(str(tmp_path / "none.json")) is None
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    temp_dir = tempfile.mkdtemp(prefix="llcray", dir="/tmp")
+    path = _state(tmp_path, pid=gone.pid, temp_dir=temp_dir)
+    assert adopt_head(path) is None
+    assert not os.path.exists(temp_dir) and not os.path.exists(path)
+
+
+def test_adopt_head_never_takes_a_process_that_is_not_the_recorded_head(tmp_path):
+    """A reused pid (here: this test's own process, without the mark) is left alone, and only a
+    private llcray* temp dir is ever removed."""
+    import psutil
+
+    from cluster.local_ray import adopt_head
+
+    other_dir = tmp_path / "not-a-ray-dir"
+    other_dir.mkdir()
+    me = psutil.Process()
+    path = _state(tmp_path, create_time=me.create_time(), temp_dir=str(other_dir))
+    assert adopt_head(path) is None
+    assert me.is_running() and other_dir.exists() and not os.path.exists(path)
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert adopt_head(path) is None and not os.path.exists(path)

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -18,6 +20,8 @@ import pytest
 
 from cluster.local_ray import HeadState, free_port, node_processes, read_state
 from llc import Client
+from service.states import JobState
+from service.store import open_store
 
 pytestmark = pytest.mark.slow
 LLC = str(Path(sys.executable).parent / "llc")
@@ -64,7 +68,8 @@ def ray_processes(state: HeadState) -> list[psutil.Process]:
 def ray_job_status(state: HeadState, estimate_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
-    return str(JobSubmissionClient(state.dashboard_url).get_job_status(f"llc-{estimate_id}").value)
+    client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {open(state.token_file).read()}"})
+    return str(client.get_job_status(f"llc-{estimate_id}").value)
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -116,6 +121,15 @@ def listening_sockets(procs: list[psutil.Process]) -> list[tuple[str, str, int]]
     return out
 
 
+def job_api_status(dashboard_url: str, token: str = "") -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def is_loopback(ip: str) -> bool:
     addr = ipaddress.ip_address(ip)
     mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
@@ -133,7 +147,7 @@ def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(tmp_path, 
     state = read_state(serve.state_path)
     assert state is not None and os.path.isdir(state.temp_dir)
     try:
-        # 1. SIGKILL mid-job: the local Ray (its own session) lives on with the job.
+        # 1. SIGKILL mid-job: the local Ray (its own session) lives on with the job ...
         first = submit_and_wait_running(serve.address, *model_and_data)
         ray_procs = ray_processes(state)
         sockets = listening_sockets(ray_procs)
@@ -141,12 +155,16 @@ def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(tmp_path, 
         assert any(port == gcs_port for _, _, port in sockets), sockets  # GCS found: the check is not vacuous
         assert {"gcs_server", "raylet"} <= {name for name, _, _ in sockets}, sockets
         assert [s for s in sockets if not is_loopback(s[1])] == [], sockets
+        # ... listens on loopback only, and requires Ray's token, which only this user can read.
+        assert state.token_file.startswith(state.temp_dir) and os.stat(state.token_file).st_mode & 0o077 == 0
+        assert job_api_status(state.dashboard_url) == 401
+        assert job_api_status(state.dashboard_url, open(state.token_file).read()) == 200
         serve.stop(signal.SIGKILL)
         assert psutil.pid_exists(state.pid)
-        assert ray_job_status(state, first) == "RUNNING"  # the new server must pick up a live job
+        assert ray_job_status(state, first) == "RUNNING"
 
         resumed_in = serve.start()
-        assert ray_job_status(state, first) == "RUNNING"  # it follows the job live, not just its log
+        assert ray_job_status(state, first) == "RUNNING"  # the new server follows a live job, not just its log
         t0 = time.monotonic()
         finished_with_events_once(serve.address, first)
         finished_in = time.monotonic() - t0
@@ -162,20 +180,30 @@ def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(tmp_path, 
         finished_with_events_once(serve.address, second)
         with Client(serve.address) as client:  # the first one is still there, result included
             assert client.get(first).result is not None
+
+        # 3. SIGKILL mid-job, then `llc serve --stop`: Ray stopped for good, its estimate cancelled.
+        third = submit_and_wait_running(serve.address, *model_and_data)
     finally:
-        # 3. Nothing unfinished: SIGTERM stops the local Ray for good.
-        out = serve.stop(signal.SIGTERM) if serve.proc.poll() is None else ""
-    assert "stopped the local Ray cluster (no estimate was unfinished)" in out, out
-    assert serve.proc.returncode == 0, out
-    wait_for(lambda: not ray_processes(state), 10, "no process of the local Ray left")
+        serve.stop(signal.SIGKILL)
+    driver_procs = len(ray_processes(state))
+    out = subprocess.run([LLC, "serve", "--store", str(serve.store), "--stop"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "stopped the local Ray cluster" in out.stdout and third in out.stdout, out
+    assert not ray_processes(state)  # the job's driver and workers too, not only Ray's own processes
     assert not psutil.pid_exists(state.pid) and not os.path.exists(state.temp_dir)
     assert not os.path.exists(serve.state_path)
+    store = open_store(str(serve.store))
+    try:
+        assert store.get(third).state == JobState.CANCELLED and "llc serve --stop" in store.get(third).error_message
+        assert store.get(first).state == store.get(second).state == JobState.SUCCEEDED
+    finally:
+        store.close()
     print(f"\nafter SIGKILL: serving again {resumed_in:.1f} s after the restart, SUCCEEDED {finished_in:.1f} s "
-          f"later; {len(ray_procs)} Ray processes during the job, 0 after the final stop; listening: "
-          f"{json.dumps(sockets)}")
+          f"later; Ray processes during a job: {len(ray_procs)} ({driver_procs} before --stop), 0 after it; "
+          f"listening: {json.dumps(sockets)}")
 
 
-def test_serve_stop_ends_a_left_running_local_ray_and_cancels_its_estimates(tmp_path, model_and_data):
+def test_a_final_sigterm_with_nothing_unfinished_stops_the_local_ray(tmp_path):
     serve = Serve(tmp_path)
     serve.start()
     state = read_state(serve.state_path)
@@ -184,22 +212,12 @@ def test_serve_stop_ends_a_left_running_local_ray_and_cancels_its_estimates(tmp_
         other = subprocess.run([LLC, "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", str(serve.store)],
                                capture_output=True, text=True, timeout=60)
         assert other.returncode == 1 and "FAILED_PRECONDITION" in other.stderr and "another `llc serve`" in other.stderr
-        est = submit_and_wait_running(serve.address, *model_and_data)
+        assert ray_processes(state)
     finally:
-        serve.stop(signal.SIGKILL)
-    assert ray_processes(state)
-    out = subprocess.run([LLC, "serve", "--store", str(serve.store), "--stop"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0 and "stopped the local Ray cluster" in out.stdout and est in out.stdout, out
-    assert not ray_processes(state) and not os.path.exists(state.temp_dir)
+        out = serve.stop(signal.SIGTERM)
+    assert "stopped the local Ray cluster (no estimate was unfinished)" in out, out
+    assert serve.proc.returncode == 0, out
+    assert not ray_processes(state) and not os.path.exists(state.temp_dir) and not os.path.exists(serve.state_path)
     again = subprocess.run([LLC, "serve", "--store", str(serve.store), "--stop"], capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0 and "no local Ray cluster is left running" in again.stdout, again
-    from service.store import open_store
-
-    store = open_store(str(serve.store))
-    try:
-        rec = store.get(est)
-        assert rec.state.value == "CANCELLED" and "llc serve --stop" in rec.error_message
-    finally:
-        store.close()
