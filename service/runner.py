@@ -125,11 +125,13 @@ class RayJobRunner:
         (its `preview` event), then stops it. Nothing is stored."""
         client = await asyncio.to_thread(self._connect)
         sid = f"llc-preview-{preview_id}"
-        await asyncio.to_thread(client.submit_job, entrypoint=self._entrypoint(), submission_id=sid,
-                                runtime_env={"env_vars": {**self.config.env_vars, "LLC_JOB_SPEC": spec_json}},
-                                entrypoint_num_cpus=self.config.entrypoint_num_cpus or None)
+        submitted = asyncio.ensure_future(asyncio.to_thread(
+            client.submit_job, entrypoint=self._entrypoint(), submission_id=sid,
+            runtime_env={"env_vars": {**self.config.env_vars, "LLC_JOB_SPEC": spec_json}},
+            entrypoint_num_cpus=self.config.entrypoint_num_cpus or None))
         buffer, last_lines = LineBuffer(), []
         try:
+            await asyncio.shield(submitted)  # a deadline may cancel this wait, never the submission
             async for chunk in client.tail_job_logs(sid):
                 lines = buffer.feed(chunk)
                 last_lines = (last_lines + lines)[-self.config.log_lines_in_errors:]
@@ -141,7 +143,11 @@ class RayJobRunner:
                                        str(event.get("field") or ""))
             raise LLCError("the driver ended without a preview; last log lines:\n" + "\n".join(last_lines))
         finally:
-            await asyncio.to_thread(self._stop_quietly, sid)
+            if submitted.done():
+                await asyncio.to_thread(self._stop_quietly, sid)
+            else:  # cancelled (the server's preview deadline) mid-submission: stop the job once it exists
+                loop = asyncio.get_running_loop()
+                submitted.add_done_callback(lambda _: loop.run_in_executor(None, self._stop_quietly, sid))
 
     # -------------------------------------------------------------- one job
     async def _run(self, job_id: str) -> None:

@@ -453,8 +453,14 @@ def test_preview_deadline_and_default_timeout_on_a_real_cluster(make_server, ray
     # The driver needs longer than 2 s to start workers and load the model: the server gives up by itself.
     assert got == grpc.StatusCode.DEADLINE_EXCEEDED and "--preview-timeout" in message, message
     assert time.monotonic() - start < 10
+    # A deadline that falls during the submission itself: the job is stopped once it exists.
+    hasty = make_server(allowed_roots=(tiny_root,), ray_dashboard_url=ray_head.dashboard_url, preview_timeout_s=0.001)
+    got, _ = call(hasty, "PreviewRestrictions", pb.PreviewRestrictionsRequest(spec=spec), timeout=60)
+    assert got == grpc.StatusCode.DEADLINE_EXCEEDED
     jobs = JobSubmissionClient(ray_head.dashboard_url)
+    time.sleep(2)  # the hasty preview's submission lands
     previews = [j for j in jobs.list_jobs() if (j.submission_id or "").startswith("llc-preview-")]
+    assert len(previews) == 2
     deadline = time.monotonic() + 30
     while any(j.status not in ("STOPPED", "SUCCEEDED", "FAILED") for j in previews) and time.monotonic() < deadline:
         time.sleep(0.5)
