@@ -15,6 +15,7 @@ from cluster.errors import InvalidField
 METHODS = ("sgld", "rmsprop_sgld")
 DTYPES = ("float32", "bfloat16", "float16")
 INIT_LOSS_MODES = ("auto", "full", "paired")
+AUTO = "auto"  # a setting the product chooses (cluster.engine.calibrate, docs/calibration.md)
 
 
 # A setting is out of range: the one domain error type, carrying its field (pure Python).
@@ -46,14 +47,18 @@ class SamplerConfig:
     The chain targets p(w) ∝ exp(-nβ·L(w) - γ/2·||w - w*||²); each step is
     w ← w - (ε/2)·[nβ·∇L_m(w) + γ·(w - w*)] + N(0, ε), optionally
     RMSprop-preconditioned. λ̂ = nβ·(mean of L_m over draws - L(w*)).
+
+    step_size, nbeta and burn_in default to "auto": nβ = n/log n of the sampling
+    set, ε from pilot chains over a log grid, burn-in from the pilots' traces
+    (cluster.engine.calibrate; docs/calibration.md). A number sets them by hand.
     """
 
-    step_size: float = 1e-4  # ε
-    nbeta: float = 10.0  # nβ, the inverse temperature times n
-    gamma: float = 100.0  # γ, localization strength
+    step_size: float | Literal["auto"] = AUTO  # ε
+    nbeta: float | Literal["auto"] = AUTO  # nβ, the inverse temperature times n
+    gamma: float = 1.0  # γ, localization strength (weak: a regular model's λ̂ is nβ·s/(nβ·s + γ)·d/2)
     method: Literal["sgld", "rmsprop_sgld"] = "sgld"
     chains: int = 4
-    burn_in: int = 0
+    burn_in: int | Literal["auto"] = AUTO
     draws: int = 200
     steps_between_draws: int = 1
     seed: int = 0
@@ -67,15 +72,20 @@ class SamplerConfig:
     rmsprop_eps: float = 1e-5
     mala: bool = True  # estimate the MALA acceptance probability of the proposals
     fetch_every: int = 50  # losses stay on the device and are fetched in blocks this long
+    # pilot chains' steps in all, as a fraction of the main run's (chains × draws × steps_between_draws)
+    calibration_budget: float = 1 / 3
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
-        _finite_positive(self.step_size, "step_size", upper=1.0)
-        _finite_positive(self.nbeta, "nbeta", upper=1e12)
+        if self.step_size != AUTO:
+            _finite_positive(self.step_size, "step_size", upper=1.0)
+        if self.nbeta != AUTO:
+            _finite_positive(self.nbeta, "nbeta", upper=1e12)
         ok = isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and 0 <= self.gamma <= 1e12
         _check(ok, "gamma", f"must be a finite number in [0, 1e12], got {self.gamma!r}")
         _int_in(self.chains, "chains", 1, 4096)
-        _int_in(self.burn_in, "burn_in", 0, 10_000_000)
+        if self.burn_in != AUTO:
+            _int_in(self.burn_in, "burn_in", 0, 10_000_000)
         _int_in(self.draws, "draws", 1, 10_000_000)
         _int_in(self.steps_between_draws, "steps_between_draws", 1, 100_000)
         _int_in(self.seed, "seed", 0, 2**63 - 1)
@@ -87,16 +97,26 @@ class SamplerConfig:
         _finite_positive(self.rmsprop_eps, "rmsprop_eps", upper=1.0)
         _check(isinstance(self.mala, bool), "mala", f"must be true or false, got {self.mala!r}")
         _int_in(self.fetch_every, "fetch_every", 1, 1_000_000)
+        _finite_positive(self.calibration_budget, "calibration_budget", upper=10.0)
         total = self.total_steps
         _check(total <= 100_000_000, "draws", f"burn_in + draws*steps_between_draws = {total} steps is more than 1e8; lower draws")
 
     @property
     def total_steps(self) -> int:
-        return self.burn_in + self.draws * self.steps_between_draws
+        return self._burn_in + self.draws * self.steps_between_draws
+
+    @property
+    def _burn_in(self) -> int:
+        return 0 if self.burn_in == AUTO else self.burn_in
+
+    @property
+    def auto_fields(self) -> list[str]:
+        """The settings left for the product to choose."""
+        return [f for f in ("step_size", "nbeta", "burn_in") if getattr(self, f) == AUTO]
 
     def draw_steps(self) -> range:
         """Indices of the steps whose losses are the draws."""
-        start = self.burn_in + self.steps_between_draws - 1
+        start = self._burn_in + self.steps_between_draws - 1
         return range(start, self.total_steps, self.steps_between_draws)
 
     def to_dict(self) -> dict[str, Any]:

@@ -97,3 +97,15 @@ def mean_interval(chain_values: np.ndarray, traces: np.ndarray | None, level: fl
         if float(stats.norm.ppf(0.5 + level / 2)) * mcse > half:
             half, sem = float(stats.norm.ppf(0.5 + level / 2)) * mcse, max(sem, mcse)
     return (half if c > 1 or traces is not None else math.nan), sem
+
+
+def mser_truncation(signal: np.ndarray, block: int | None = None) -> int:
+    """MSER: the number of leading steps whose removal minimises the squared standard
+    error of the remaining mean, var(x[d:]) / (n - d), searched over the first half, in blocks."""
+    x = np.asarray(signal, dtype=np.float64)
+    block = block or max(1, x.size // 50)
+    means = x[: (x.size // block) * block].reshape(-1, block).mean(axis=1)
+    if means.size < 4:
+        return 0
+    scores = [means[d:].var() / (means.size - d) for d in range(means.size // 2)]
+    return int(np.argmin(scores)) * block

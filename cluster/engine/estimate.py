@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from cluster.engine import calibrate
 from cluster.engine.config import ConfigError, SamplerConfig
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
 from cluster.engine.sgld import SGLD
@@ -207,6 +208,7 @@ def estimate_llc(
     init_loss: float | None = None,
     progress: Callable[[ChainProgress], None] | None = None,
     workers: int = 1,
+    sample_size: int | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -227,6 +229,13 @@ def estimate_llc(
             of the model (torch's intra-op threads are split between them, and on
             CUDA each gets its own stream). Pays for small models, whose single
             chain cannot keep every core busy. Results do not depend on it.
+        sample_size: n of the rule nβ = n/log n (the number of terms the loss averages
+            over the sampling set: examples, or tokens for a per-token loss). Default:
+            the examples in `batches` when they have a length.
+
+    Settings left "auto" in `config` are chosen first (cluster.engine.calibrate):
+    pilot chains over a grid of ε, then the main chains at the chosen ε. The result's
+    `config` holds the numbers used and `calibration` the evidence.
     """
     if not (isinstance(workers, int) and workers >= 1):
         raise ConfigError("workers", f"must be an integer >= 1, got {workers!r}")
@@ -240,21 +249,45 @@ def estimate_llc(
     mode = _init_mode(config, batches)
     elements = sum(int(m.sum()) if m is not None else p.numel() for _, p, m in moving)
     amp = _autocast_dtype(config, model)  # before half-precision moving weights are upcast
+    nbeta, nbeta_info = calibrate.resolve_nbeta(config, sample_size or _count_examples(batches))
+    calibration = None
     with _moving_only(model, moving):
         if mode == "full" and init_loss is None:
             init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
-        run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=config,
-                                init_loss=init_loss if mode == "full" else None, elements=elements,
-                                progress=progress, amp=amp)
-        workers = min(workers, len(indices))
-        if workers == 1:
-            results = [run(model, moving, i) for i in indices]
-        else:
-            results = _run_concurrently(run, model, moving, indices, workers)
+
+        def run_all(cfg: SamplerConfig, which: list[int], report) -> list[ChainResult]:
+            run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=cfg,
+                                    init_loss=init_loss if mode == "full" else None, elements=elements,
+                                    progress=report, amp=amp)
+            n = min(workers, len(which))
+            return [run(model, moving, i) for i in which] if n == 1 else _run_concurrently(run, model, moving, which, n)
+
+        plan = calibrate.plan_pilots(config, nbeta)
+        if plan is not None:
+            pilots = [c for k in range(len(plan.grid)) for c in run_all(plan.config_for(k), [k], None)]
+            calibration = calibrate.choose(plan, pilots, init_loss if mode == "full" else None)
+        config = calibrate.resolve(config, nbeta, calibration)
+        results = run_all(config, indices, progress)
     if mode == "paired":
         inits = [v for c in results for v in c.init_trace]
         init_loss = float(np.mean(inits)) if inits else float("nan")
-    return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements, paired=mode == "paired")
+    calibration = {**(calibration or {}), "nbeta": nbeta, "nbeta_rule": nbeta_info,
+                   "warnings": nbeta_info["warnings"] + (calibration or {}).get("warnings", [])}
+    return LLCResult.from_chains(results, config, float(init_loss), moving_elements=elements, paired=mode == "paired",
+                                 calibration=calibration)
+
+
+def _count_examples(batches: Iterable) -> int | None:
+    """Examples in the sampling set: a DataLoader's dataset length, or a pass over sized batches."""
+    dataset = getattr(batches, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    try:
+        len(batches)
+    except TypeError:
+        return None
+    with torch.random.fork_rng(devices=[]):  # a shuffling iterable must not move the caller's RNG
+        return sum(_batch_size(b) for b in batches)
 
 
 def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> list[ChainResult]:
@@ -314,6 +347,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     losses = torch.zeros(total, device=device)
     inits = torch.zeros(total, device=device)
     log_accept = torch.full((total,), float("nan"), device=device) if config.mala else None
+    virial = torch.zeros(total, device=device) if config.mala else None
     blowup = BLOWUP_FACTOR * max(elements / 2, 1.0) / config.nbeta
     status, message, steps_done = SUCCEEDED, "", 0
     fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
@@ -330,6 +364,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if virial is not None and is_draw[t]:
+                virial[t] = optimizer.last_virial
             if log_accept is not None and optimizer.last_log_accept is not None and t > config.burn_in:
                 log_accept[t - 1] = optimizer.last_log_accept
             if (t + 1) % config.fetch_every == 0 or t + 1 == total:
@@ -362,8 +398,17 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
         la = log_accept.cpu().numpy()
         la = la[np.isfinite(la)]
         mala = float(np.mean(np.exp(np.minimum(la, 0.0)))) if la.size else None
+    equipartition = None
+    if virial is not None and status == SUCCEEDED and draws.any():
+        equipartition = float(virial[: steps_done].cpu().numpy()[draws].mean() / max(elements, 1))
+    variance = optimizer.gradient_variance()
+    noise = None
+    if variance is not None and status == SUCCEEDED:
+        noise = float(config.step_size * config.nbeta**2 * float(variance) / 4)
     return ChainResult(chain=chain, seed=seed, llc=llc, status=status, loss_trace=trace, init_trace=init_trace,
-                       mala_acceptance=mala, frac_below_init=below, steps=steps_done, message=message)
+                       mala_acceptance=mala, frac_below_init=below, gradient_noise=noise,
+                       equipartition=equipartition, steps=steps_done,
+                       message=message)
 
 
 @torch.no_grad()

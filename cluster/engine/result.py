@@ -1,6 +1,7 @@
 """Results of an estimate: per chain, and combined over chains with diagnostics."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -8,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from cluster.engine.config import SamplerConfig
-from cluster.engine.diagnostics import block_means, effective_sample_size, half_trend, mean_interval, split_rhat
+from cluster.engine.diagnostics import (block_means, effective_sample_size, half_trend, mean_interval, mser_truncation,
+                                        split_rhat)
 
 SUCCEEDED, DIVERGED, FAILED = "succeeded", "diverged", "failed"
 
@@ -17,6 +19,8 @@ RHAT_LIMIT = 1.05  # rank-normalised split-R̂ of the paired λ̂ signal
 TREND_LIMIT = 3.0  # |t| of second-half minus first-half mean
 ESS_LIMIT = 50  # bulk ESS over all chains
 MALA_LIMIT = 0.5
+EQUIPARTITION_LIMIT = 0.5  # mean (w - w*)·∇U / d: ≈ 1 at equilibrium
+NOISE_LIMIT = 0.1  # τ, the minibatch gradient noise relative to the injected noise
 
 
 @dataclass
@@ -33,6 +37,10 @@ class ChainResult:
     init_trace: list[float] = field(default_factory=list)
     mala_acceptance: float | None = None
     frac_below_init: float | None = None
+    # τ = ε·nβ²·Var(∇L_m)/4: the minibatch gradient noise's share of the injected noise (λ̂ grows by ≈ τ)
+    gradient_noise: float | None = None
+    # mean of (w - w*)·∇U / d over the draws: 1 for a chain at equilibrium, ≪ 1 while it still spreads out
+    equipartition: float | None = None
     steps: int = 0
     message: str = ""
     attempts: int = 1
@@ -115,6 +123,9 @@ class LLCResult:
         λ̂ used each draw's own L_m(w*) (default: config.init_loss == "paired")."""
         paired = config.init_loss == "paired" if paired is None else paired
         chains = sorted(chains, key=lambda c: c.chain)
+        nbeta = float(config.nbeta) if isinstance(config.nbeta, (int, float)) else float("nan")
+        if calibration and calibration.get("discard_by_mser"):
+            chains, calibration = _drop_warm_up(chains, nbeta, init_loss, paired, calibration)
         ok = [c for c in chains if c.status == SUCCEEDED and math.isfinite(c.llc)]
         values = np.array([c.llc for c in ok])
         mean = float(values.mean()) if len(ok) else float("nan")
@@ -128,11 +139,12 @@ class LLCResult:
             "llc_half_width": None,
             "mala_acceptance": _nanmean([c.mala_acceptance for c in ok]),
             "frac_below_init": _nanmean([c.frac_below_init for c in ok]),
+            "gradient_noise": _nanmean([c.gradient_noise for c in ok]),
+            "equipartition": _nanmean([c.equipartition for c in ok]),
             "diverged_chains": [c.chain for c in chains if c.status == DIVERGED],
             "failed_chains": [c.chain for c in chains if c.status == FAILED],
             "init_loss_offset": None,
         }
-        nbeta = float(config.nbeta) if isinstance(config.nbeta, (int, float)) else float("nan")
         lengths = {len(c.loss_trace) for c in ok}
         estimator = None
         if ok and len(lengths) == 1 and lengths.pop() >= 4:
@@ -147,7 +159,9 @@ class LLCResult:
                 diagnostics["ess"] = effective_sample_size(signal)
                 diagnostics["ess_tail"] = effective_sample_size(signal, "tail")
                 diagnostics["trend_t"] = half_trend(signal)
-            estimator = signal if (paired and has_pairs) else nbeta * traces
+            # The Monte Carlo error of λ̂ from the paired signal when there is one: in full mode the raw
+            # draws' batch noise averages out over the cycled sampling set, and init_loss_offset checks the rest.
+            estimator = signal if has_pairs else nbeta * traces
             if has_pairs and not paired:
                 diagnostics["init_loss_offset"] = _init_loss_offset(ok, init_loss, nbeta)
         if ok:
@@ -168,6 +182,26 @@ class LLCResult:
         )
         result.warnings = _warnings(result)
         return result
+
+
+def _drop_warm_up(chains: list[ChainResult], nbeta: float, init_loss: float, paired: bool,
+                  calibration: dict[str, Any]) -> tuple[list[ChainResult], dict[str, Any]]:
+    """Burn-in chosen from the traces: drop the leading draws that MSER finds on the
+    chains' mean paired signal, and recompute each chain's λ̂ from the rest."""
+    ok = [c for c in chains if c.status == SUCCEEDED and c.loss_trace and len(c.init_trace) == len(c.loss_trace)]
+    if not ok or len({len(c.loss_trace) for c in ok}) != 1:
+        return chains, calibration
+    pooled = np.mean([np.subtract(c.loss_trace, c.init_trace) for c in ok], axis=0)
+    drop = mser_truncation(nbeta * pooled)
+    out = []
+    for c in chains:
+        if c in ok and drop:
+            trace, inits = c.loss_trace[drop:], c.init_trace[drop:]
+            ref = np.asarray(inits) if paired else init_loss
+            c = dataclasses.replace(c, loss_trace=trace, init_trace=inits,
+                                    llc=float(nbeta * np.mean(np.asarray(trace) - ref)))
+        out.append(c)
+    return out, {**calibration, "discarded_draws": drop, "discard_by_mser": False}
 
 
 def _init_loss_offset(ok: list[ChainResult], init_loss: float, nbeta: float) -> dict[str, float]:
@@ -236,6 +270,17 @@ def _warnings(r: LLCResult) -> list[str]:
         out.append(
             f"only {d['ess']:.0f} effective draws (bulk ESS): the draws are strongly autocorrelated and the error "
             "bar is rough. Raise draws (or steps_between_draws)."
+        )
+    if d.get("equipartition") is not None and d["equipartition"] < EQUIPARTITION_LIMIT:
+        out.append(
+            f"the chains have not spread to the local posterior's width: (w - w*)·∇U averages {d['equipartition']:.2f}"
+            " per moving weight over the draws, 1 at equilibrium. step_size (ε) is too small for this many steps: "
+            "raise it (or leave it unset to calibrate it), or raise burn_in."
+        )
+    if d.get("gradient_noise") is not None and d["gradient_noise"] > NOISE_LIMIT:
+        out.append(
+            f"minibatch gradient noise adds {d['gradient_noise']:.0%} to the injected noise (τ = ε·nβ²·Var(∇L_m)/4), "
+            "which inflates λ̂ by about as much: lower step_size (ε) or raise the batch size."
         )
     if d.get("mala_acceptance") is not None and d["mala_acceptance"] < MALA_LIMIT:
         out.append(

@@ -52,6 +52,11 @@ class SGLD(torch.optim.Optimizer):
         self.generator = generator
         self.track_mala = track_mala
         self.last_log_accept: torch.Tensor | None = None
+        self.last_virial: torch.Tensor | None = None  # (w - w*)·∇U at this step's w (track_mala only)
+        # Σ_t ||g_t - g_{t-1}||² over the moving elements (device), its term count and the element count
+        self._grad_diff_sq: torch.Tensor | None = None
+        self._grad_diff_terms = 0
+        self._moving_elements = 0
 
     def anchors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(parameter, w*) pairs captured so far."""
@@ -60,7 +65,7 @@ class SGLD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim API
         loss = closure() if closure is not None else None
-        log_accepts = []
+        log_accepts, virials = [], []
         for group in self.param_groups:
             masks = group["masks"] or [None] * len(group["params"])
             live = [(p, m) for p, m in zip(group["params"], masks) if p.grad is not None]
@@ -74,9 +79,14 @@ class SGLD(torch.optim.Optimizer):
 
             # drift = nβ·g + γ·(w - w*)
             drift = torch._foreach_sub([p.float() if p.dtype != torch.float32 else p for p in params], anchors)
+            deltas = [d.clone() for d in drift] if self.track_mala else None
             torch._foreach_mul_(drift, gamma)
             torch._foreach_add_(drift, grads, alpha=nbeta)
             self._mask(drift, states)
+            if deltas is not None:
+                # (w - w*)·∇U: its mean over a stationary chain is the number of moving weights
+                # (equipartition, E[δ_i ∂_i U] = 1); a chain still spreading out reads less
+                virials.append(torch.stack([(d * g).sum() for d, g in zip(deltas, drift)]).sum())
 
             precond = None
             if group["preconditioner"] == "rmsprop":
@@ -94,6 +104,7 @@ class SGLD(torch.optim.Optimizer):
             noise = self._noise(params)
             self._mask(noise, states)
             if self.track_mala:
+                self._track_grad_noise(grads, states)
                 log_accepts.append(self._log_accept(states, drift, precond, inv_g if precond is not None else None, eps))
                 # -log q(w'|w) = ||ξ||²/2 + ½·Σ log G, up to a constant that cancels in log α.
                 states[0]["fwd_energy"] = 0.5 * torch.stack([(n * n).sum() for n in noise]).sum()
@@ -114,7 +125,30 @@ class SGLD(torch.optim.Optimizer):
             for p, u in zip(params, update):
                 p.add_(u.to(p.dtype))
         self.last_log_accept = torch.stack(log_accepts).sum() if log_accepts and log_accepts[0] is not None else None
+        self.last_virial = torch.stack(virials).sum() if virials else None
         return loss
+
+    def _track_grad_noise(self, grads: list[torch.Tensor], states: list[dict]) -> None:
+        """Accumulate ||g_t - g_{t-1}||² of successive minibatch gradients: half its mean is the
+        batch-to-batch gradient variance (the change of the full gradient over one step of size
+        √ε is far smaller), which adds (ε·nβ)²/4·Var(g) to the ε of injected noise."""
+        if "prev_grad" in states[0]:
+            diffs = [g - s["prev_grad"] for g, s in zip(grads, states)]
+            self._mask(diffs, states)
+            total = torch.stack([(d * d).sum() for d in diffs]).sum()
+            self._grad_diff_sq = total if self._grad_diff_sq is None else self._grad_diff_sq + total
+            self._grad_diff_terms += 1
+        else:
+            self._moving_elements += sum(g.numel() if s["mask"] is None else int(s["mask"].expand_as(g).sum())
+                                         for g, s in zip(grads, states))
+        for g, s in zip(grads, states):
+            s["prev_grad"] = g.detach().clone()
+
+    def gradient_variance(self) -> torch.Tensor | None:
+        """Mean over moving elements of the minibatch gradient's variance (0-dim device tensor)."""
+        if self._grad_diff_sq is None or not self._moving_elements:
+            return None
+        return self._grad_diff_sq / (2 * self._grad_diff_terms * self._moving_elements)
 
     def _state(self, p: torch.Tensor, mask: torch.Tensor | None) -> dict:
         state = self.state[p]

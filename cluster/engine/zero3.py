@@ -104,7 +104,8 @@ class ShardedChains:
                                              "overflow; load sharded chains in bfloat16 or float32")
         self.amp = _autocast_dtype(config, model)
         model.requires_grad_(True)  # one engine for all restrictions: the partition masks decide what moves
-        self.optimizer = ShardedSGLD([{"params": list(model.parameters()), "masks": None}], **_sgld_settings(config))
+        # Placeholder settings: run_chain sets each chain's (config may still say "auto" here).
+        self.optimizer = ShardedSGLD([{"params": list(model.parameters()), "masks": None}], lr=1e-4, nbeta=1.0, gamma=0.0)
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=self.optimizer,
             config=zero3_config(micro_batch=micro_batch, bf16=torch.bfloat16 in dtypes))
@@ -116,6 +117,7 @@ class ShardedChains:
         self._numel = {n: numel for group in self._layout for n, numel, _ in group}
         self._master = list(zero.fp32_partitioned_groups_flat)  # what SGLD updates
         self._weights = list(zero.fp16_partitioned_groups_flat)  # what the forward gathers (the master in fp32)
+        self.moves: list[torch.Tensor] = []
 
     # -- restrictions ------------------------------------------------------------
     def partition_masks(self, params: Selection) -> list[torch.Tensor | None]:
@@ -178,14 +180,18 @@ class ShardedChains:
     # -- one chain ----------------------------------------------------------------
     def run_chain(self, loss_fn: LossFn, batches: Iterable, config: SamplerConfig, chain: int, *,
                   params: Selection = None, init_loss: float | None = None,
-                  progress: Callable[[ChainProgress], None] | None = None, noise: bool = True) -> ChainResult:
+                  progress: Callable[[ChainProgress], None] | None = None, noise: bool = True,
+                  record_moves: bool = False) -> ChainResult:
         """Chain `chain` of `config` on this rank's share; every rank returns the same ChainResult.
 
         `batches` yields whole batches, identically on every rank (same seed); each rank takes its
         1/world share of the rows. `init_loss` None pairs each draw with L_m(w*) on its own batch.
-        The weights are back at w* afterwards."""
+        The weights are back at w* afterwards. Tests only: `noise=False` drops ξ, `record_moves`
+        keeps this rank's final w - w* in `self.moves`."""
         for group in self.optimizer.param_groups:
-            group.update(_sgld_settings(config, group_keys=True))
+            group.update(lr=config.step_size, nbeta=config.nbeta, gamma=config.gamma,
+                         preconditioner="rmsprop" if config.method == "rmsprop_sgld" else "none",
+                         alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
         self.optimizer.track_mala = config.mala
         seed = chain_seed(config.seed, chain)
         generator = torch.Generator(device=self.device)
@@ -235,6 +241,8 @@ class ShardedChains:
                         progress(ChainProgress(chain, steps_done, total,
                                                _llc(fetched[:steps_done], reference, is_draw, config)))
         finally:
+            if record_moves:
+                self.moves = [m - a for m, a in self.optimizer.anchor_pairs()]
             self._restore_anchor()
         mala = None
         if log_accept is not None:
@@ -285,13 +293,4 @@ class ShardedChains:
             if id(m) in anchors:
                 m.copy_(anchors[id(m)])
                 w.copy_(anchors[id(m)])
-
-
-def _sgld_settings(config: SamplerConfig, group_keys: bool = False) -> dict[str, Any]:
-    settings = dict(lr=config.step_size, nbeta=config.nbeta, gamma=config.gamma,
-                    preconditioner="rmsprop" if config.method == "rmsprop_sgld" else "none",
-                    alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
-    if not group_keys:
-        settings["track_mala"] = config.mala
-    return settings
 

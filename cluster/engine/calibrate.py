@@ -1,0 +1,207 @@
+"""Automatic sampler settings: nβ by rule, ε and burn-in from pilot chains.
+
+Pure Python + numpy (no torch): the cluster driver plans pilots and chooses from
+their results without loading the model; the pilots themselves are ordinary
+chains (`pilot_config(...)` + a chain index) that any worker runs.
+
+    plan = plan_pilots(config, nbeta)          # the ε grid, each pilot's steps
+    results = [run chain k of plan.config(k) for k in range(len(plan.grid))]
+    calibration = choose(plan, results)        # chosen ε and burn-in, the evidence
+    config = resolve(config, nbeta, calibration)
+
+The rule (docs/calibration.md): λ̂ is biased upward by a too-large ε in two ways
+that short pilots measure precisely: discretisation (seen by the MALA acceptance)
+and minibatch gradient noise (τ = ε·nβ²·Var(∇L_m)/4, its share of the injected
+noise, by which λ̂ grows). A pilot *passes* when it did not diverge, its MALA
+acceptance is ≥ MALA_TARGET, τ ≤ NOISE_TARGET, and the second half of its paired
+λ̂ signal shows no falling trend; the largest passing ε is chosen: the bias is
+bounded there and the chain mixes fastest. λ̂ and the trend t of every pilot are
+recorded (λ̂ against ε is the plot to look at) and the main run's own trend test
+flags an ε too small for its length. Burn-in: the MSER truncation point of the
+chosen pilot's trace (White 1997), at least one fetch block.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cluster.engine.config import AUTO, SamplerConfig
+from cluster.engine.diagnostics import effective_sample_size, half_trend, mser_truncation
+from cluster.engine.result import DIVERGED, TREND_LIMIT, ChainResult
+
+# The pilot grid in units of ε·nβ (the step's scale against the loss's curvature per
+# example): half-decades from 1e-4 to 1, where every model in tests/bench sits.
+GRID_LOG10 = tuple(np.arange(-4.0, 0.01, 0.5))
+MIN_PILOT_STEPS = 60
+MALA_TARGET = 0.8  # discretisation: acceptance of the proposals
+NOISE_TARGET = 0.05  # minibatch gradient noise: ≤ 5% of the injected noise
+NBETA_FAR = 10.0  # a user nβ more than this factor off the rule gets a warning
+PILOT_SEED_SALT = 0x5EED_CA11  # pilots' chain seeds apart from the main chains'
+
+
+def nbeta_rule(n: int) -> float:
+    """Watanabe's WBIC inverse temperature times n: nβ = n / log n."""
+    return n / math.log(n)
+
+
+def resolve_nbeta(config: SamplerConfig, n: int | None) -> tuple[float, dict[str, Any]]:
+    """nβ and how it was set: `n` is the number of terms averaged in the loss over the
+    sampling set (examples; tokens for per-token language-model losses)."""
+    info: dict[str, Any] = {"sample_size": n, "rule": "n/log n", "warnings": []}
+    if n is not None and n >= 3:
+        info["rule_value"] = nbeta_rule(n)
+    if config.nbeta != AUTO:
+        info["source"] = "user"
+        rule = info.get("rule_value")
+        if rule is not None and not (1 / NBETA_FAR <= config.nbeta / rule <= NBETA_FAR):
+            info["warnings"].append(
+                f"nbeta = {config.nbeta:g} is {config.nbeta / rule:.3g}× the rule n/log n = {rule:.4g} for the "
+                f"sampling set's n = {n}: λ̂ is the learning coefficient at that temperature, far from WBIC's. "
+                "Leave nbeta unset to use the rule.")
+        return float(config.nbeta), info
+    if n is None or n < 3:
+        from cluster.engine.config import ConfigError
+
+        raise ConfigError("nbeta", "cannot choose nβ = n/log n: the size of the sampling set is unknown "
+                                   "(batches without a length); set nbeta or pass sample_size")
+    info["source"] = "rule"
+    return info["rule_value"], info
+
+
+@dataclass(frozen=True)
+class PilotPlan:
+    """The pilots of one estimate: one chain per ε of `grid`, `steps` steps each, every step a draw."""
+
+    base: SamplerConfig
+    nbeta: float
+    grid: tuple[float, ...]
+    steps: int
+    main_steps: int
+
+    def config(self) -> SamplerConfig:
+        """The config of every pilot; pilot k runs chain k of it at step size grid[k] (config_for)."""
+        return self.config_for(0)
+
+    def config_for(self, k: int) -> SamplerConfig:
+        return self.base.replace(step_size=self.grid[k], nbeta=self.nbeta, burn_in=0, draws=self.steps,
+                                 steps_between_draws=1, chains=len(self.grid),
+                                 seed=(self.base.seed + PILOT_SEED_SALT) % 2**63,
+                                 fetch_every=min(self.base.fetch_every, max(1, self.steps // 4)))
+
+    @property
+    def cost_steps(self) -> int:
+        return self.steps * len(self.grid)
+
+
+def plan_pilots(config: SamplerConfig, nbeta: float) -> PilotPlan | None:
+    """Pilots for the auto settings of `config`, or None when nothing is left to choose."""
+    if config.step_size != AUTO and config.burn_in != AUTO:
+        return None
+    main = config.chains * config.draws * config.steps_between_draws
+    grid = tuple(10 ** g / nbeta for g in GRID_LOG10) if config.step_size == AUTO else (float(config.step_size),)
+    grid = tuple(min(e, 1.0) for e in grid)
+    steps = max(MIN_PILOT_STEPS, int(config.calibration_budget * main / len(grid)))
+    return PilotPlan(base=config, nbeta=nbeta, grid=grid, steps=steps, main_steps=main)
+
+
+def _pilot_summary(eps: float, c: ChainResult, nbeta: float, init_loss: float | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"step_size": eps, "llc": None, "llc_se": None, "mala_acceptance": c.mala_acceptance,
+                           "gradient_noise": c.gradient_noise, "equipartition": c.equipartition, "trend_t": None, "burn_in": None, "status": c.status}
+    if c.status != "succeeded" or len(c.loss_trace) < 8:
+        row["verdict"] = "diverged" if c.status == DIVERGED else c.status
+        row["why"] = c.message
+        return row
+    trace = np.asarray(c.loss_trace)
+    ref = np.asarray(c.init_trace) if len(c.init_trace) == trace.size else (init_loss or 0.0)
+    signal = nbeta * (trace - ref)
+    last = signal[signal.size // 2:]
+    row["llc"] = float(last.mean())
+    row["llc_se"] = float(last.std(ddof=1) / math.sqrt(effective_sample_size(last[None, :]))) if last.size >= 4 else None
+    row["trend_t"] = half_trend(last[None, :]) if last.size >= 8 else 0.0
+    row["burn_in"] = mser_truncation(signal)
+    if c.mala_acceptance is not None and c.mala_acceptance < MALA_TARGET:
+        row["verdict"], row["why"] = "too large", f"MALA acceptance {c.mala_acceptance:.2f} < {MALA_TARGET}"
+    elif c.gradient_noise is not None and c.gradient_noise > NOISE_TARGET:
+        row["verdict"], row["why"] = "too large", (f"minibatch gradient noise τ = {c.gradient_noise:.2f} > "
+                                                   f"{NOISE_TARGET} of the injected noise")
+    elif row["trend_t"] < -TREND_LIMIT:
+        row["verdict"], row["why"] = "not stationary", f"λ̂ still falling at the end (t = {row['trend_t']:.1f})"
+    elif row["trend_t"] > TREND_LIMIT:
+        row["verdict"], row["why"] = "too small", f"λ̂ still rising at the end (t = {row['trend_t']:.1f})"
+    else:
+        row["verdict"], row["why"] = "ok", ""
+    return row
+
+
+def choose(plan: PilotPlan, results: list[ChainResult], init_loss: float | None = None) -> dict[str, Any]:
+    """The calibration record: every pilot's row, the chosen ε and burn-in, why, and the cost."""
+    by_chain = {c.chain: c for c in results}
+    rows = [_pilot_summary(eps, by_chain[k], plan.nbeta, init_loss) if k in by_chain else
+            {"step_size": eps, "verdict": "missing", "why": "pilot did not finish", "llc": None}
+            for k, eps in enumerate(plan.grid)]
+    warnings: list[str] = []
+    base = plan.base
+    if base.step_size != AUTO:
+        index, why = 0, "step_size set by the user; the pilot only chose the burn-in"
+        if rows[0]["verdict"] != "ok":
+            warnings.append(f"the pilot at the given step_size {plan.grid[0]:.3g} reads '{rows[0]['verdict']}' "
+                            f"({rows[0]['why']}); leave step_size unset to calibrate it.")
+    else:
+        index, why = _choose_step(rows, warnings)
+    chosen = rows[index]
+    if base.burn_in == AUTO:
+        burn_in = max(int(chosen.get("burn_in") or 0), base.fetch_every if chosen["verdict"] == "ok" else 0)
+        if chosen["verdict"] != "ok":  # still moving at the pilot's end: burn in at least that long
+            burn_in = max(burn_in, plan.steps)
+        burn_why = f"MSER truncation of the pilot at ε = {plan.grid[index]:.3g}"
+    else:
+        burn_in, burn_why = int(base.burn_in), "set by the user"
+    for r in rows:
+        r["chosen"] = r is chosen
+    main_total = base.chains * (burn_in + base.draws * base.steps_between_draws)
+    return {
+        "pilots": rows,
+        "step_size": plan.grid[index],
+        "step_size_reason": why,
+        "burn_in": burn_in,
+        "burn_in_reason": burn_why,
+        "discard_by_mser": base.burn_in == AUTO,  # the main run drops its own MSER warm-up (LLCResult.from_chains)
+        "pilot_steps": plan.steps,
+        "cost": {"pilot_steps": plan.cost_steps, "main_steps": main_total,
+                 "fraction": plan.cost_steps / main_total if main_total else None},
+        "warnings": warnings,
+    }
+
+
+def _choose_step(rows: list[dict[str, Any]], warnings: list[str]) -> tuple[int, str]:
+    ok = [i for i, r in enumerate(rows) if r["verdict"] == "ok"]
+    if ok:
+        i = ok[-1]
+        nxt = rows[i + 1]["why"] if i + 1 < len(rows) else "the top of the grid"
+        return i, (f"the largest ε with MALA ≥ {MALA_TARGET}, gradient noise τ ≤ {NOISE_TARGET} and no trend; "
+                   f"the next larger: {nxt}")
+    moving = [i for i, r in enumerate(rows) if r["verdict"] in ("too small", "not stationary")]
+    if moving:
+        i = moving[-1]
+        warnings.append(
+            f"no pilot passed every check: up to ε = {rows[i]['step_size']:.2g} λ̂ was still moving after "
+            f"{rows[i].get('pilot_steps', 'the')} pilot steps, and larger ε failed. Raise draws (the pilots get "
+            "calibration_budget of the main run's steps), or set step_size and burn_in by hand.")
+        return i, "the largest ε that passed the bias checks (λ̂ was still moving in every pilot)"
+    warnings.append("every pilot diverged or failed the bias checks, even at the smallest ε of the grid "
+                    f"({rows[0]['step_size']:.2g}): check that w* is a trained minimum, raise gamma, or set step_size.")
+    return 0, "the smallest ε of the grid (every pilot failed)"
+
+
+def resolve(config: SamplerConfig, nbeta: float, calibration: dict[str, Any] | None) -> SamplerConfig:
+    """`config` with numbers for every auto setting."""
+    changes: dict[str, Any] = {"nbeta": nbeta}
+    if calibration is not None:
+        changes["step_size"] = calibration["step_size"]
+        changes["burn_in"] = calibration["burn_in"]
+    elif config.burn_in == AUTO:
+        changes["burn_in"] = 0
+    return config.replace(**changes)
