@@ -359,6 +359,6 @@ def _recorded_process(state: HeadState) -> psutil.Process | None:
     try:
         proc = psutil.Process(state.pid)
         same = abs(proc.create_time() - state.create_time) < 1.0
-    except psutil.Error:
+    except (psutil.Error, TypeError, ValueError):  # gone, or a state file with nonsense in it
         return None
     return proc if same and _running(proc) and _marked(proc, state.mark) else None

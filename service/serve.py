@@ -11,6 +11,7 @@ with its processes and temp dir, when the server stops with nothing unfinished, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -78,6 +79,11 @@ def hold_store_lock(state_path: str, store_url: str) -> IO:
     return f
 
 
+def _forget(state_path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(state_path)
+
+
 def _store(store_url: str, schema: str):
     kwargs = {"schema": schema} if store_url.startswith(("postgresql://", "postgres://")) else {}
     return open_store(store_url, **kwargs)
@@ -138,7 +144,7 @@ def _leave_or_stop(head: RayNode, state_path: str, store_url: str, schema: str) 
     left = unfinished_estimates(store_url, schema)
     if left == 0:
         head.stop()
-        os.remove(state_path)
+        _forget(state_path)
         print("stopped the local Ray cluster (no estimate was unfinished); its processes and temp dir are gone",
               flush=True)
         return
@@ -166,7 +172,7 @@ def stop_local_ray(store_url: str, schema: str) -> None:
         finally:
             store.close()
         head.stop()
-        os.remove(state_path)
+        _forget(state_path)
         print(f"stopped the local Ray cluster (pid {head.process.pid}); its processes and temp dir are gone; "
               f"cancelled {len(cancelled)} unfinished estimate(s){': ' + ', '.join(cancelled) if cancelled else ''}",
               flush=True)

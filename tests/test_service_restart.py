@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.local_ray import HeadState, free_port, node_processes, read_state
+from cluster.local_ray import HeadState, adopt_head, free_port, node_processes, read_state
 from llc import Client
 from service.states import JobState
 from service.store import open_store
@@ -32,34 +32,49 @@ SPEC = dict(chains=1, draws=1000, burn_in=0, context_length=16, batch_size=4, st
 class Serve:
     """`llc serve` on one store, started and stopped as a process (output kept per run)."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, allow_path: Path):
         self.store = tmp_path / "jobs.sqlite"
+        self.allow_path = allow_path  # where the tiny models and data are
         self.state_path = f"{self.store}.ray.json"
         self.proc: subprocess.Popen | None = None
         self.address = ""
-        self.outputs: list[str] = []
+        self.runs = 0
+        self._log = None
 
     def start(self) -> float:
         """Starts the server; returns the seconds until it answered."""
         t0 = time.monotonic()
         self.address = f"127.0.0.1:{free_port()}"
-        log = open(self.store.parent / f"serve-{len(self.outputs)}.log", "w+")
+        self.runs += 1
+        self._log = open(self.store.parent / f"serve-{self.runs}.log", "w+")
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS")}
         self.proc = subprocess.Popen([LLC, "serve", "--listen", self.address, "--store", str(self.store),
-                                      "--num-cpus", "2"], stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-        self.proc.log = log
+                                      "--num-cpus", "2", "--allow-path", str(self.allow_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
         with Client(self.address) as client:
             client.wait_ready(180)
         return time.monotonic() - t0
 
     def stop(self, sig: int) -> str:
+        """Sends `sig`; returns the run's output once the process has exited."""
         self.proc.send_signal(sig)
         self.proc.wait(90)
-        self.proc.log.seek(0)
-        out = self.proc.log.read()
-        self.proc.log.close()
-        self.outputs.append(out)
+        self._log.seek(0)
+        out = self._log.read()
+        self._log.close()
         return out
+
+
+@pytest.fixture
+def serve(tmp_path, tmp_path_factory):
+    """A Serve; whatever a failed test leaves running (server, local Ray) is stopped after it."""
+    serve = Serve(tmp_path, tmp_path_factory.getbasetemp())
+    yield serve
+    if serve.proc is not None and serve.proc.poll() is None:
+        serve.stop(signal.SIGKILL)
+    head = adopt_head(serve.state_path)
+    if head is not None:
+        head.stop()
+
 
 def ray_processes(state: HeadState) -> list[psutil.Process]:
     return node_processes(state.mark, state.pid)
@@ -70,16 +85,6 @@ def ray_job_status(state: HeadState, estimate_id: str) -> str:
 
     client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {open(state.token_file).read()}"})
     return str(client.get_job_status(f"llc-{estimate_id}").value)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def submit_and_wait_running(address: str, model: str, data: str) -> str:
@@ -141,8 +146,7 @@ def model_and_data(tiny_lm_dirs, text_jsonl):
     return str(tiny_lm_dirs["gpt2"]), str(text_jsonl)
 
 
-def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(tmp_path, model_and_data):
-    serve = Serve(tmp_path)
+def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(serve, model_and_data):
     serve.start()
     state = read_state(serve.state_path)
     assert state is not None and os.path.isdir(state.temp_dir)
@@ -203,8 +207,7 @@ def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(tmp_path, 
           f"listening: {json.dumps(sockets)}")
 
 
-def test_a_final_sigterm_with_nothing_unfinished_stops_the_local_ray(tmp_path):
-    serve = Serve(tmp_path)
+def test_a_final_sigterm_with_nothing_unfinished_stops_the_local_ray(serve):
     serve.start()
     state = read_state(serve.state_path)
     try:
