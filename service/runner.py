@@ -25,6 +25,8 @@ from service.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+JOB_GONE = ("the Ray cluster no longer has this estimate's job {sid}: the cluster was stopped or replaced while it "
+            "ran (for the embedded default: its local Ray was stopped, e.g. by a reboot); submit the estimate again")
 
 
 @dataclass
@@ -221,7 +223,13 @@ class RayJobRunner:
                 log.warning("log stream of %s broke: %s", sid, exc)
             if self._terminal(job_id):
                 return
-            info = await asyncio.to_thread(client.get_job_info, sid)
+            try:
+                info = await asyncio.to_thread(client.get_job_info, sid)
+            except RuntimeError as exc:  # the job API's 404: this cluster never had the job, or lost it
+                if "does not exist" not in str(exc):
+                    raise
+                self._finish(job_id, JobState.FAILED, code="UNAVAILABLE", message=JOB_GONE.format(sid=sid))
+                return
             status = str(getattr(info.status, "value", info.status))
             if status in RAY_TERMINAL:
                 await self._finish_from_ray(job_id, sid, status, info.message or "")

@@ -21,7 +21,7 @@ import pytest
 from cluster.local_ray import HeadState, adopt_head, free_port, node_processes, read_state
 from llc import Client
 from service.states import JobState
-from service.store import open_store
+from service.store import JobRecord, open_store
 
 pytestmark = pytest.mark.slow
 LLC = str(Path(sys.executable).parent / "llc")
@@ -74,6 +74,15 @@ def serve(tmp_path, tmp_path_factory):
     head = adopt_head(serve.state_path)
     if head is not None:
         head.stop()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def ray_processes(state: HeadState) -> list[psutil.Process]:
@@ -208,9 +217,20 @@ def test_estimates_survive_sigkill_and_sigterm_of_the_embedded_server(serve, mod
 
 
 def test_a_final_sigterm_with_nothing_unfinished_stops_the_local_ray(serve):
+    """Also: an estimate whose Ray job is gone (its local Ray was lost, say by a reboot) fails with
+    UNAVAILABLE and says so, instead of keeping that Ray alive or hanging."""
+    store = open_store(str(serve.store))
+    store.create(JobRecord(id="est-lost", owner="someone", spec_json="{}", fingerprint="f"))
+    store.set_submission("est-lost", "llc-est-lost")
+    store.close()
     serve.start()
     state = read_state(serve.state_path)
     try:
+        store = open_store(str(serve.store))
+        lost = wait_for(lambda: (r := store.get("est-lost")).state.is_terminal and r, 60, "the lost estimate to end")
+        store.close()
+        assert lost.state == JobState.FAILED and lost.error_code == "UNAVAILABLE", lost
+        assert "no longer has this estimate's job llc-est-lost" in lost.error_message
         # Another server on the same store is refused while this one runs (before any Ray starts).
         other = subprocess.run([LLC, "serve", "--listen", f"127.0.0.1:{free_port()}", "--store", str(serve.store)],
                                capture_output=True, text=True, timeout=60)
