@@ -53,6 +53,19 @@ class _Worker:
     ready: bool = False  # it has loaded the model, data and restrictions
     busy: bool = False
     summary: dict[str, Any] | None = None
+    placement_group: Any = None  # a sharded chain's STRICT_PACK group, removed with the worker
+
+
+def _kill(w: _Worker) -> None:
+    """Kill a worker (a sharded one's other ranks die with it) and free its placement group."""
+    try:
+        ray.kill(w.handle, no_restart=True)
+    except Exception:  # already gone with its node
+        pass
+    if w.placement_group is not None:
+        from ray.util import remove_placement_group
+
+        remove_placement_group(w.placement_group)
 
 
 def _cause(exc: RayTaskError) -> BaseException:
@@ -114,11 +127,17 @@ class ChainPool:
             self._spawn()
 
     def _spawn(self) -> _Worker:
-        actor = ray.remote(ChainWorker).options(
-            **self.resources.actor_options(), max_restarts=0, max_task_retries=0,
-            name=None, namespace=None,
-        ).remote(self._spec_json, self._board)
-        w = _Worker(handle=actor, index=self._next_index)
+        group = None
+        if self.resources.sharded:  # rank 0 of a ZeRO-3 group; it starts the other ranks
+            from cluster.sharded import start_sharded_worker
+
+            actor, group = start_sharded_worker(self.resources, self._spec_json, self._board)
+        else:
+            actor = ray.remote(ChainWorker).options(
+                **self.resources.actor_options(), max_restarts=0, max_task_retries=0,
+                name=None, namespace=None,
+            ).remote(self._spec_json, self._board)
+        w = _Worker(handle=actor, index=self._next_index, placement_group=group)
         self._next_index += 1
         self.workers.append(w)
         self._inflight[actor.where.remote()] = ("placed", w, None)  # answers once the process runs
@@ -128,10 +147,7 @@ class ChainPool:
     def _replace(self, dead: _Worker, why: str) -> None:
         self.deaths += 1
         self.workers.remove(dead)
-        try:
-            ray.kill(dead.handle, no_restart=True)
-        except Exception:  # already gone with its node
-            pass
+        _kill(dead)
         for ref, (kind, w, payload) in list(self._inflight.items()):
             if w is dead and kind == "prepare":
                 del self._inflight[ref]
@@ -147,10 +163,7 @@ class ChainPool:
     def shutdown(self) -> None:
         """Kill every worker at once (frees its CPU/GPU and memory) and the progress board."""
         for w in self.workers:
-            try:
-                ray.kill(w.handle, no_restart=True)
-            except Exception:  # already dead
-                pass
+            _kill(w)
         if self._board is not None:
             try:
                 ray.kill(self._board, no_restart=True)

@@ -105,14 +105,13 @@ class Job:
 
     def run(self) -> dict[str, Any]:
         from cluster.chains import ChainPool
-        from cluster.placement import ChainResources, pool_size, require_single_process
+        from cluster.placement import ChainResources, pool_size
 
         spec = self.spec
         names = [r.name for r in spec.restrictions]
         units = len(names) * spec.sampler.chains
         self.events.emit("started", chains_total=units, restrictions=names, provenance=self.provenance)
-        resources = ChainResources.from_compute(spec.compute)
-        require_single_process(resources)
+        resources = ChainResources.from_compute(spec.compute)  # ranks > 1: ZeRO-3 groups (cluster.sharded)
         size = pool_size(resources, alive_node_resources(), units, int(os.environ.get(MAX_WORKERS_ENV, "0") or 0))
         deadline = time.monotonic() + spec.compute.timeout_s if spec.compute.timeout_s > 0 else None
         self.pool = ChainPool(spec, resources, size, stop=self.stop, deadline=deadline,

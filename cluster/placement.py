@@ -2,9 +2,10 @@
 
 A chain worker is one Ray actor that owns `cpus_per_chain` CPUs and
 `gpus_per_chain` GPUs (a fraction lets several chains of a small model share one
-GPU; 0 means CPU only). Chains of more than one GPU need a DeepSpeed ZeRO-3 group
-packed on one node (a STRICT_PACK placement group); that path is planned here but
-refused until a ZeRO-3 chain runner exists.
+GPU; 0 means CPU only). A sharded chain (`ComputeSpec.ranks` > 1: g > 1 GPUs, or
+`ranks_per_chain` CPU ranks) is a DeepSpeed ZeRO-3 group of that many rank actors,
+one bundle each in a STRICT_PACK placement group, so a chain never spans nodes
+(cluster.sharded starts them).
 """
 from __future__ import annotations
 
@@ -21,46 +22,47 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class ChainResources:
-    """What one chain worker asks Ray for."""
+    """What one chain asks Ray for (all its ranks together)."""
 
     num_cpus: float
     num_gpus: float
+    ranks: int = 1  # processes of one chain; > 1 is a ZeRO-3 group
 
     @classmethod
     def from_compute(cls, compute: ComputeSpec) -> "ChainResources":
-        return cls(num_cpus=float(compute.cpus_per_chain), num_gpus=float(compute.gpus_per_chain))
+        return cls(num_cpus=float(compute.cpus_per_chain), num_gpus=float(compute.gpus_per_chain), ranks=compute.ranks)
 
     @property
-    def multi_gpu(self) -> bool:
-        return self.num_gpus > 1
+    def sharded(self) -> bool:
+        return self.ranks > 1
 
     def actor_options(self) -> dict[str, Any]:
         """`ActorClass.options(**...)` for a single-process chain (at most one GPU)."""
-        assert not self.multi_gpu, "multi-GPU chains go through placement_group_bundles()"
+        assert not self.sharded, "sharded chains go through placement_group_bundles() and rank_options()"
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
     def placement_group_bundles(self) -> list[dict[str, float]]:
-        """One bundle per GPU rank of a ZeRO-3 chain, to be packed on one node (STRICT_PACK)."""
-        ranks = int(self.num_gpus)
-        return [{"GPU": 1.0, "CPU": self.num_cpus / ranks} for _ in range(ranks)]
+        """One bundle per rank of a ZeRO-3 chain (one GPU each, or none), to be packed on one node (STRICT_PACK)."""
+        bundle = {"CPU": self.num_cpus / self.ranks}
+        if self.num_gpus > 0:
+            bundle["GPU"] = self.num_gpus / self.ranks  # 1: a rank per GPU (ComputeSpec.validate)
+        return [dict(bundle) for _ in range(self.ranks)]
+
+    def rank_options(self, placement_group: Any, rank: int) -> dict[str, Any]:
+        """`ActorClass.options(**...)` for rank `rank` of a sharded chain, in its bundle of the group."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = self.placement_group_bundles()[rank]
+        strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=rank)
+        return {"num_cpus": bundle["CPU"], "num_gpus": bundle.get("GPU", 0.0), "scheduling_strategy": strategy}
 
     def chains_on(self, resources: dict[str, float]) -> int:
-        """How many chains of this shape fit at once on a node with these total resources."""
+        """How many chains of this shape fit at once on a node with these total resources
+        (a sharded chain's bundles all on the one node)."""
         fits = math.floor(resources.get("CPU", 0.0) / self.num_cpus + _EPS)
         if self.num_gpus > 0:
             fits = min(fits, math.floor(resources.get("GPU", 0.0) / self.num_gpus + _EPS))
         return max(fits, 0)
-
-
-def require_single_process(resources: ChainResources) -> None:
-    """Refuse multi-GPU chains until the ZeRO-3 chain runner exists (a later issue)."""
-    if resources.multi_gpu:
-        bundles = resources.placement_group_bundles()
-        raise FailedPrecondition(
-            f"compute.gpus_per_chain={resources.num_gpus:g} needs a DeepSpeed ZeRO-3 chain over a "
-            f"STRICT_PACK placement group of {len(bundles)} GPU bundles, which this version does not run yet; "
-            "set compute.gpus_per_chain to 1 or less (a fraction shares one GPU between chains)"
-        )
 
 
 def cluster_capacity(resources: ChainResources, nodes: Iterable[dict[str, float]]) -> int:
@@ -82,6 +84,11 @@ def cluster_capacity(resources: ChainResources, nodes: Iterable[dict[str, float]
         )
     if resources.num_gpus > 0:
         max_gpus = max(n.get("GPU", 0.0) for n in nodes)
+        if resources.sharded and max_gpus < resources.num_gpus:
+            raise FailedPrecondition(
+                f"compute.gpus_per_chain={resources.num_gpus:g} runs one chain as {resources.ranks} ZeRO-3 ranks "
+                f"packed on one node, but the largest Ray node has {max_gpus:g} GPUs; set compute.gpus_per_chain "
+                f"to at most {max_gpus:g}, or add nodes with more GPUs")
         raise FailedPrecondition(
             f"no Ray node has {resources.num_cpus:g} CPUs and {resources.num_gpus:g} GPUs for one chain "
             f"(largest node: {max_cpus:g} CPUs, {max_gpus:g} GPUs); lower compute.cpus_per_chain or "

@@ -99,7 +99,6 @@ class ChainWorker:
         import torch
 
         from cluster.datasets import load_token_dataset, make_batches
-        from cluster.models import load_model
         from cluster.restrictions import select_restriction
 
         start = time.monotonic()
@@ -107,14 +106,15 @@ class ChainWorker:
         # As many CPU threads as CPUs the chain owns, whatever the node's environment says: CPU
         # kernels reduce in a thread-count-dependent order, and a chain's λ̂ must not depend on placement.
         torch.set_num_threads(max(1, int(spec.compute.cpus_per_chain)))
-        loaded = load_model(spec.model, self._device())
+        loaded = self._load_model()
         datasets, batches = {}, {}
         vocab = loaded.model.get_input_embeddings().num_embeddings
         for key, ref in dataset_refs(spec).items():
             ds = load_token_dataset(ref, loaded.tokenizer, loaded.max_positions, vocab_size=vocab)
             datasets[key] = ds
             batches[key] = make_batches(ds, spec.batch_size)
-        selections = [select_restriction(loaded.model, loaded.architecture, r) for r in spec.restrictions]
+        shapes = self._selection_model(loaded)
+        selections = [select_restriction(shapes, loaded.architecture, r) for r in spec.restrictions]
         preview = [
             {"name": r.name, "tensors": sel.tensors, "elements": sel.elements, "notes": sel.notes}
             for r, sel in zip(spec.restrictions, selections)
@@ -130,6 +130,15 @@ class ChainWorker:
             "threads": torch.get_num_threads(),
         }
 
+    def _load_model(self):
+        from cluster.models import load_model
+
+        return load_model(self._spec.model, self._device())
+
+    def _selection_model(self, loaded):
+        """The module whose parameter names and shapes restrictions are resolved on."""
+        return loaded.model
+
     def _restriction_data(self, restriction: int) -> str:
         r = self._spec.restrictions[restriction]
         return dataset_key(r.dataset if r.dataset is not None else self._spec.dataset)
@@ -137,21 +146,23 @@ class ChainWorker:
     def init_loss(self, key: str) -> float | None:
         """L(w*) over one whole dataset (it depends on the data, not the chain), or None when
         the sampler pairs each draw with L(w*) on the draw's own batch (init_loss="paired")."""
-        from cluster.datasets import lm_loss
-        from cluster.engine import compute_init_loss
-
         self.prepare()
         if self._spec.sampler.init_loss == "paired":
             return None
         cache = self._state["init_loss"]
         if key not in cache:
-            # Every row once, in order: the chains' shuffled batches drop a random partial batch, which
-            # would make L(w*) (multiplied by nβ in λ̂) depend on the worker's RNG state.
-            rows, size = self._state["datasets"][key].input_ids, self._spec.batch_size
-            ordered = [rows[i:i + size] for i in range(0, rows.shape[0], size)]
-            model = self._state["model"].model
-            cache[key] = float(compute_init_loss(model, lm_loss, ordered, self._spec.sampler))
+            cache[key] = self._dataset_loss(self._state["datasets"][key].input_ids)
         return cache[key]
+
+    def _dataset_loss(self, rows) -> float:
+        from cluster.datasets import lm_loss
+        from cluster.engine import compute_init_loss
+
+        # Every row once, in order: the chains' shuffled batches drop a random partial batch, which
+        # would make L(w*) (multiplied by nβ in λ̂) depend on the worker's RNG state.
+        size = self._spec.batch_size
+        ordered = [rows[i:i + size] for i in range(0, rows.shape[0], size)]
+        return float(compute_init_loss(self._state["model"].model, lm_loss, ordered, self._spec.sampler))
 
     def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None) -> dict[str, Any]:
         """Run chain `chain` of restriction `restriction`; returns ChainResult.to_dict() with placement in `extra`.
@@ -159,9 +170,6 @@ class ChainWorker:
         `init_loss` is the job-wide L(w*) of the restriction's dataset, computed once by one
         worker so every chain uses the same value (None in paired mode).
         """
-        from cluster.datasets import lm_loss
-        from cluster.engine import estimate_llc
-
         self.prepare()
         key = self._restriction_data(restriction)
         board = self._board
@@ -175,12 +183,8 @@ class ChainWorker:
                 })
 
         start = time.monotonic()
-        result = estimate_llc(
-            self._state["model"].model, lm_loss, self._state["batches"][key], self._spec.sampler,
-            params=self._state["selections"][restriction].params, chains=[chain], init_loss=init_loss,
-            progress=progress,
-        )
-        (chain_result,) = result.chains
+        chain_result = self._chain(self._state["batches"][key], self._spec.sampler, restriction, chain, init_loss,
+                                   progress)
         chain_result.attempts = attempt
         chain_result.extra = {
             **chain_result.extra,
@@ -189,6 +193,16 @@ class ChainWorker:
             "seconds": round(time.monotonic() - start, 3),
         }
         return chain_result.to_dict()
+
+    def _chain(self, batches, config, restriction: int, chain: int, init_loss: float | None, progress):
+        """One chain on this process's loaded model → ChainResult."""
+        from cluster.datasets import lm_loss
+        from cluster.engine import estimate_llc
+
+        result = estimate_llc(self._state["model"].model, lm_loss, batches, config,
+                              params=self._state["selections"][restriction].params, chains=[chain],
+                              init_loss=init_loss, progress=progress)
+        return result.chains[0]
 
     def where(self) -> dict[str, Any]:
         """The node and process of this worker (tests use it to kill one mid-chain)."""

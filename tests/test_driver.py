@@ -15,7 +15,7 @@ from cluster import driver
 from cluster.chains import ChainPool, ChainUnit
 from cluster.errors import Cancelled, DeadlineExceeded, FailedPrecondition, Unavailable
 from cluster.events import parse_lines
-from cluster.placement import ChainResources, cluster_capacity, pool_size, require_single_process
+from cluster.placement import ChainResources, cluster_capacity, pool_size
 from cluster.results import result_document
 from cluster.spec import ComputeSpec, JobSpec
 
@@ -65,14 +65,17 @@ def test_a_chain_that_fits_no_node_fails_early_naming_the_setting(resources, nod
         cluster_capacity(resources, nodes)
 
 
-def test_multi_gpu_chains_plan_a_packed_group_and_are_refused_until_zero3_exists():
+def test_sharded_chains_plan_one_packed_bundle_per_rank():
     r = ChainResources.from_compute(ComputeSpec(gpus_per_chain=4, cpus_per_chain=8))
-    assert r.multi_gpu
+    assert r.sharded and r.ranks == 4
     assert r.placement_group_bundles() == [{"GPU": 1.0, "CPU": 2.0}] * 4
-    with pytest.raises(FailedPrecondition, match="STRICT_PACK placement group of 4 GPU bundles.*gpus_per_chain to 1"):
-        require_single_process(r)
-    require_single_process(ChainResources(1, 0.5))  # one process: fine
+    cpu = ChainResources.from_compute(ComputeSpec(ranks_per_chain=2, cpus_per_chain=1))
+    assert cpu.sharded and cpu.placement_group_bundles() == [{"CPU": 0.5}] * 2
+    assert cpu.chains_on({"CPU": 2}) == 2  # both ranks of a chain on one node
+    assert not ChainResources(1, 0.5).sharded
     assert ChainResources(1, 0.5).actor_options() == {"num_cpus": 1.0, "num_gpus": 0.5}
+    with pytest.raises(FailedPrecondition, match="4 ZeRO-3 ranks packed on one node.*gpus_per_chain to at most 2"):
+        cluster_capacity(r, [{"CPU": 64, "GPU": 2}, {"CPU": 64, "GPU": 2}])
 
 
 # -- retries -------------------------------------------------------------------
