@@ -448,6 +448,8 @@ def test_preview_deadline_and_default_timeout_on_a_real_cluster(make_server, ray
                          preview_timeout_s=2.0, default_timeout_s=900)
     spec = spec_for(tiny_lm_dirs["gpt2"], text_jsonl)
     spec.dataset.context_length = 16
+    jobs = JobSubmissionClient(ray_head.dashboard_url)
+    earlier = {j.submission_id for j in jobs.list_jobs()}  # the session's Ray serves other tests too
     start = time.monotonic()
     got, message = call(server, "PreviewRestrictions", pb.PreviewRestrictionsRequest(spec=spec), timeout=60)
     # The driver needs longer than 2 s to start workers and load the model: the server gives up by itself.
@@ -457,9 +459,9 @@ def test_preview_deadline_and_default_timeout_on_a_real_cluster(make_server, ray
     hasty = make_server(allowed_roots=(tiny_root,), ray_dashboard_url=ray_head.dashboard_url, preview_timeout_s=0.001)
     got, _ = call(hasty, "PreviewRestrictions", pb.PreviewRestrictionsRequest(spec=spec), timeout=60)
     assert got == grpc.StatusCode.DEADLINE_EXCEEDED
-    jobs = JobSubmissionClient(ray_head.dashboard_url)
     time.sleep(2)  # the hasty preview's submission lands
-    previews = [j for j in jobs.list_jobs() if (j.submission_id or "").startswith("llc-preview-")]
+    previews = [j for j in jobs.list_jobs()
+                if (j.submission_id or "").startswith("llc-preview-") and j.submission_id not in earlier]
     assert len(previews) == 2
     deadline = time.monotonic() + 30
     while any(j.status not in ("STOPPED", "SUCCEEDED", "FAILED") for j in previews) and time.monotonic() < deadline:
