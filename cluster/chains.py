@@ -41,6 +41,7 @@ class WorkerFailed(LLCError):
 class ChainUnit:
     restriction: int
     chain: int
+    pilot: bool = False  # a calibration pilot: chain `chain` of the restriction's PilotPlan
     attempts: int = 0  # attempts started so far
     failures: list[str] = field(default_factory=list)  # why each failed attempt failed
 
@@ -109,6 +110,12 @@ class ChainPool:
         self.workers: list[_Worker] = []
         self.results: dict[tuple[int, int], dict[str, Any]] = {}
         self.init_losses: dict[str, float] = {}
+        # Automatic settings (cluster.engine.calibrate), per restriction: the pilots' plan and
+        # results, the calibration record, and the resolved sampler dict its main chains run with.
+        self.plans: dict[int, Any] = {}
+        self.pilot_results: dict[int, dict[int, dict[str, Any]]] = {}
+        self.calibrations: dict[int, dict[str, Any]] = {}
+        self.settings: dict[int, dict[str, Any]] = {}
         self.summary: dict[str, Any] | None = None
         self.worker_summaries: list[dict[str, Any]] = []
         self._spec_json = spec.to_json()
@@ -200,13 +207,18 @@ class ChainPool:
                     self._inflight[w.handle.init_loss.remote(key)] = ("init_loss", w, key)
                     w.busy = True
                     continue
-                unit = next((u for u in units if keys[u.restriction] in self.init_losses), None)
+                if self.summary is not None and not self.settings and not self.plans:
+                    self._plan_settings(keys, units)
+                unit = next((u for u in units if keys[u.restriction] in self.init_losses
+                             and (u.pilot or u.restriction in self.settings)), None)
                 if unit is None:
                     continue
                 units.remove(unit)
                 unit.attempts += 1
+                sampler = (self.plans[unit.restriction].config_for(unit.chain).to_dict() if unit.pilot
+                           else self.settings[unit.restriction])
                 ref = w.handle.run_chain.remote(unit.restriction, unit.chain, unit.attempts,
-                                                self.init_losses[keys[unit.restriction]])
+                                                self.init_losses[keys[unit.restriction]], sampler, unit.pilot)
                 self._inflight[ref] = ("chain", w, unit)
                 w.busy = True
             now = time.monotonic()
@@ -274,8 +286,48 @@ class ChainPool:
             self.init_losses[payload] = value  # None in paired mode
         else:
             unit: ChainUnit = payload
+            if unit.pilot:
+                self._pilot_done(unit, value)
+                return
             self.results[(unit.restriction, unit.chain)] = value
             self.on_chain(unit, value.get("status", "succeeded"), value, value.get("message", ""))
+
+    # -- automatic settings: pilots first, then the main chains at the chosen ε ------
+    def _plan_settings(self, keys: list[str], units: collections.deque) -> None:
+        """nβ from each restriction's dataset size; pilot units (ahead of the queue) where ε or
+        burn-in are "auto", else the resolved settings at once."""
+        from cluster.engine.calibrate import plan_pilots, resolve, resolve_nbeta
+
+        sampler = self.spec.sampler
+        sizes = self.summary.get("sample_sizes", {})
+        for r in range(len(self.spec.restrictions)):
+            nbeta, info = resolve_nbeta(sampler, sizes.get(keys[r]))
+            plan = plan_pilots(sampler, nbeta)
+            self.calibrations[r] = {"nbeta": nbeta, "nbeta_rule": info, "warnings": list(info["warnings"])}
+            if plan is None:
+                self.settings[r] = resolve(sampler, nbeta, None).to_dict()
+                continue
+            self.plans[r] = plan
+            self.pilot_results[r] = {}
+            units.extendleft(ChainUnit(r, k, pilot=True) for k in reversed(range(len(plan.grid))))
+
+    def _pilot_done(self, unit: ChainUnit, value: dict[str, Any]) -> None:
+        from cluster.engine import ChainResult
+        from cluster.engine.calibrate import choose, resolve
+
+        r = unit.restriction
+        self.pilot_results[r][unit.chain] = value
+        plan = self.plans[r]
+        if len(self.pilot_results[r]) < len(plan.grid):
+            return
+        chains = [ChainResult.from_dict(c) for c in self.pilot_results[r].values()]
+        record = choose(plan, chains, self.init_losses.get(dataset_key(
+            self.spec.restrictions[r].dataset or self.spec.dataset)))
+        base = self.calibrations[r]
+        self.calibrations[r] = {**record, **base, "warnings": base["warnings"] + record["warnings"]}
+        self.settings[r] = resolve(self.spec.sampler, plan.nbeta, record).to_dict()
+        log.info("restriction %d calibrated: ε = %.3g, burn-in %d (%s)", r, record["step_size"], record["burn_in"],
+                 record["step_size_reason"])
 
     def _worker_exception(self, kind: str, w: _Worker, payload: Any, cause: BaseException,
                           units: collections.deque, pending_losses: collections.deque,
@@ -311,7 +363,8 @@ class ChainPool:
         unit.failures.append(message)
         if unit.attempts < self.max_attempts:
             units.appendleft(unit)  # first in line, so a retried chain does not wait behind the queue
-            self.on_chain(unit, "retrying", None, f"attempt {unit.attempts} failed ({message}); retrying")
+            if not unit.pilot:
+                self.on_chain(unit, "retrying", None, f"attempt {unit.attempts} failed ({message}); retrying")
             return
         from cluster.engine.estimate import chain_seed  # torch, only once a chain has failed for good
 
@@ -321,5 +374,8 @@ class ChainPool:
             "message": f"failed {unit.attempts} times; last: {message}", "attempts": unit.attempts,
             "extra": {"failures": list(unit.failures)},
         }
+        if unit.pilot:  # a pilot that failed for good is a row of the calibration, not a chain of the result
+            self._pilot_done(unit, chain)
+            return
         self.results[(unit.restriction, unit.chain)] = chain
         self.on_chain(unit, "failed", chain, chain["message"])

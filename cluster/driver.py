@@ -144,7 +144,9 @@ class Job:
                 r.name: by_key.get(dataset_key(r.dataset), {}) for r in self.spec.restrictions if r.dataset is not None}
             provenance["workers"] = [{k: w[k] for k in ("node_id", "pid", "load_seconds", "threads")}
                                      for w in pool.worker_summaries]
-        return result_document(self.spec, pool.results if pool else {}, init_losses, self.previews, provenance)
+        return result_document(self.spec, pool.results if pool else {}, init_losses, self.previews, provenance,
+                               settings=pool.settings if pool else None,
+                               calibrations=pool.calibrations if pool else None)
 
     def _failed_message(self, failed: list[tuple[int, int]]) -> str:
         r, c = failed[0]

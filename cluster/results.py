@@ -42,16 +42,20 @@ def base_provenance(spec: JobSpec, started_at: str) -> dict[str, Any]:
 
 
 def restriction_result(spec: JobSpec, index: int, chains: list[dict[str, Any]], init_loss: float | None,
-                       preview: dict[str, Any] | None) -> dict[str, Any]:
-    """Combine one restriction's chain dicts (from any workers) into its result entry."""
-    from cluster.engine import ChainResult, LLCResult  # numpy only, no torch
+                       preview: dict[str, Any] | None, settings: dict[str, Any] | None = None,
+                       calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Combine one restriction's chain dicts (from any workers) into its result entry; `settings` are
+    the sampler settings its chains ran with (spec.sampler with "auto" resolved), `calibration` how."""
+    from cluster.engine import ChainResult, LLCResult, SamplerConfig  # numpy only, no torch
 
     moved = preview or {"tensors": [], "elements": 0}
     if init_loss is None:  # paired mode: L(w*) is the mean of the draws' paired losses
         paired = [v for c in chains for v in c.get("init_trace") or []]
         init_loss = sum(paired) / len(paired) if paired else float("nan")
     combined = LLCResult.from_chains(
-        [ChainResult.from_dict(c) for c in chains], spec.sampler, init_loss, moving_elements=moved["elements"],
+        [ChainResult.from_dict(c) for c in chains],
+        SamplerConfig.from_dict(settings) if settings is not None else spec.sampler, init_loss,
+        moving_elements=moved["elements"], calibration=calibration,
     )
     return {
         **combined.to_dict(),
@@ -63,14 +67,17 @@ def restriction_result(spec: JobSpec, index: int, chains: list[dict[str, Any]], 
 
 def result_document(spec: JobSpec, results: dict[tuple[int, int], dict[str, Any]],
                     init_losses: list[float | None], previews: list[dict[str, Any]] | None,
-                    provenance: dict[str, Any], warnings: list[str] | None = None) -> dict[str, Any]:
+                    provenance: dict[str, Any], warnings: list[str] | None = None,
+                    settings: dict[int, dict[str, Any]] | None = None,
+                    calibrations: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The result of the job; restrictions without any finished chain are left out (partial results)."""
     restrictions = []
     for i in range(len(spec.restrictions)):
         chains = [results[(i, c)] for c in range(spec.sampler.chains) if (i, c) in results]
         if not chains:
             continue
-        restrictions.append(restriction_result(spec, i, chains, init_losses[i], previews[i] if previews else None))
+        restrictions.append(restriction_result(spec, i, chains, init_losses[i], previews[i] if previews else None,
+                                               (settings or {}).get(i), (calibrations or {}).get(i)))
     seeds = {c["chain"]: c["seed"] for c in results.values() if c.get("seed", -1) >= 0}
     provenance = {**provenance, "finished_at": utc_now()}
     # Per-chain seeds derive from (sampler seed, chain index) only; None: that chain never finished.

@@ -93,6 +93,8 @@ class ChainWorker:
             "dataset_provenance": {k: d.provenance for k, d in s["datasets"].items()},
             "architecture": s["model"].architecture,
             "threads": s["threads"],
+            # n of the rule nβ = n/log n per dataset: the tokens lm_loss averages over (cluster.engine.calibrate)
+            "sample_sizes": {k: int(d.input_ids.shape[0] * (d.input_ids.shape[1] - 1)) for k, d in s["datasets"].items()},
         }
 
     def _load(self) -> dict[str, Any]:
@@ -145,9 +147,9 @@ class ChainWorker:
 
     def init_loss(self, key: str) -> float | None:
         """L(w*) over one whole dataset (it depends on the data, not the chain), or None when
-        the sampler pairs each draw with L(w*) on the draw's own batch (init_loss="paired")."""
+        the sampler pairs each draw with L(w*) on the draw's own batch (init_loss "paired" or "auto")."""
         self.prepare()
-        if self._spec.sampler.init_loss == "paired":
+        if self._spec.sampler.init_loss != "full":  # "auto" is paired too
             return None
         cache = self._state["init_loss"]
         if key not in cache:
@@ -164,27 +166,32 @@ class ChainWorker:
         ordered = [rows[i:i + size] for i in range(0, rows.shape[0], size)]
         return float(compute_init_loss(self._state["model"].model, lm_loss, ordered, self._spec.sampler))
 
-    def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None) -> dict[str, Any]:
+    def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None,
+                  sampler: dict[str, Any] | None = None, pilot: bool = False) -> dict[str, Any]:
         """Run chain `chain` of restriction `restriction`; returns ChainResult.to_dict() with placement in `extra`.
 
         `init_loss` is the job-wide L(w*) of the restriction's dataset, computed once by one
-        worker so every chain uses the same value (None in paired mode).
+        worker so every chain uses the same value (None in paired mode). `sampler`: the
+        settings the driver resolved (numbers for every "auto"), or a pilot's; `pilot`:
+        a calibration pilot, which posts no progress.
         """
+        from cluster.engine import SamplerConfig
+
+        config = SamplerConfig.from_dict(sampler) if sampler is not None else self._spec.sampler
         self.prepare()
         key = self._restriction_data(restriction)
         board = self._board
         where = self.where()
 
         def progress(p: Any) -> None:
-            if board is not None:  # fire and forget: the chain never waits for the driver
+            if board is not None and not pilot:  # fire and forget: the chain never waits for the driver
                 board.post.remote(restriction, chain, {
                     "step": int(p.step), "total_steps": int(p.total_steps), "llc_running": float(p.llc_running),
                     "attempt": attempt, **where,
                 })
 
         start = time.monotonic()
-        chain_result = self._chain(self._state["batches"][key], self._spec.sampler, restriction, chain, init_loss,
-                                   progress)
+        chain_result = self._chain(self._state["batches"][key], config, restriction, chain, init_loss, progress)
         chain_result.attempts = attempt
         chain_result.extra = {
             **chain_result.extra,

@@ -8,6 +8,7 @@ import collections
 import json
 import math
 import threading
+import types
 
 import pytest
 
@@ -203,3 +204,34 @@ def test_driver_with_a_dead_ray_address_fails_fast(monkeypatch, tmp_path, capsys
     path.write_text(make_spec().to_json())
     code, events = run_main(["--spec", str(path)], capsys)
     assert code == 1 and events[-1]["code"] == "UNAVAILABLE" and "RAY_ADDRESS=127.0.0.1:" in events[-1]["message"]
+
+
+def test_auto_settings_run_pilots_as_units_then_the_main_chains_at_the_chosen_step():
+    """On a cluster the pilots are ordinary (restriction, chain) units, queued ahead of the main
+    chains; once a restriction's pilots are in, its main chains get the resolved settings."""
+    from cluster.workers import dataset_key
+
+    spec = make_spec(sampler={"chains": 2, "draws": 300, "seed": 5})
+    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=threading.Event())
+    key = dataset_key(spec.dataset)
+    pool.summary = {"sample_sizes": {key: 20_000}}
+    units: collections.deque = collections.deque(ChainUnit(r, c) for r in range(2) for c in range(2))
+    pool._plan_settings([key, key], units)
+    plan = pool.plans[0]
+    pilots = [u for u in units if u.pilot]
+    assert len(pilots) == 2 * len(plan.grid) and list(units)[:len(plan.grid)] == pilots[:len(plan.grid)]
+    assert pool.settings == {}  # nothing runs at an unresolved ε
+    assert plan.cost_steps <= 2 * 300 / 3 + len(plan.grid) * 60
+    for k in range(len(plan.grid)):  # MALA falls with ε; the fourth pilot is the last above the target
+        pool._finished("chain", types.SimpleNamespace(busy=True), ChainUnit(0, k, pilot=True), {
+            **chain_dict(k, 1.0), "loss_trace": [1.0 + 0.001 * (i % 3) for i in range(plan.steps)],
+            "init_trace": [1.0] * plan.steps, "mala_acceptance": 0.99 - 0.05 * k, "gradient_noise": 0.0})
+    settings = pool.settings[0]
+    assert settings["step_size"] == plan.grid[3] and settings["nbeta"] == pytest.approx(20_000 / math.log(20_000))
+    assert isinstance(settings["burn_in"], int) and 1 not in pool.settings  # restriction 1 still waits
+    assert pool.results == {}  # pilots are not chains of the result
+    doc = result_document(spec, {(0, 0): chain_dict(0, 1.0), (0, 1): chain_dict(1, 1.2)}, [None, None], None, {},
+                          settings=pool.settings, calibrations=pool.calibrations)
+    full = doc["restrictions"][0]
+    assert full["config"]["step_size"] == plan.grid[3]
+    assert [p["chosen"] for p in full["calibration"]["pilots"]].index(True) == 3

@@ -63,8 +63,8 @@ class SamplerConfig:
     steps_between_draws: int = 1
     seed: int = 0
     # L(w*): "full" averages over every batch of the sampling set (or the first
-    # init_loss_batches), "paired" evaluates w* on each draw's own batch, "auto"
-    # picks full when the batches have a length and paired otherwise.
+    # init_loss_batches), "paired" evaluates w* on each draw's own batch (the batch
+    # noise cancels in λ̂); "auto" is paired. Every mode records the pairs for diagnostics.
     init_loss: Literal["auto", "full", "paired"] = "auto"
     init_loss_batches: int = 0  # 0: all batches
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype of forward/backward

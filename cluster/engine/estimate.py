@@ -123,13 +123,9 @@ def _autocast_dtype(config: SamplerConfig, model: torch.nn.Module) -> str:
 
 
 def _init_mode(config: SamplerConfig, batches: Any) -> str:
-    if config.init_loss != "auto":
-        return config.init_loss
-    try:
-        len(batches)
-        return "full"
-    except TypeError:
-        return "paired"
+    """"auto" is paired: each draw's L_m(w*) on its own batch cancels the batch-to-batch
+    noise that nβ·(L_m - L(w*)) carries (nβ·sd(L_m) can be 10× λ)."""
+    return "paired" if config.init_loss == "auto" else config.init_loss
 
 
 @torch.no_grad()

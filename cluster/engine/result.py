@@ -120,8 +120,8 @@ class LLCResult:
         """Combine chains (possibly run on different workers) into one estimate.
 
         `config` has numeric nbeta/step_size (the resolved settings); `paired`: whether
-        λ̂ used each draw's own L_m(w*) (default: config.init_loss == "paired")."""
-        paired = config.init_loss == "paired" if paired is None else paired
+        λ̂ used each draw's own L_m(w*) (default: unless config.init_loss == "full")."""
+        paired = config.init_loss != "full" if paired is None else paired
         chains = sorted(chains, key=lambda c: c.chain)
         nbeta = float(config.nbeta) if isinstance(config.nbeta, (int, float)) else float("nan")
         if calibration and calibration.get("discard_by_mser"):
@@ -159,9 +159,7 @@ class LLCResult:
                 diagnostics["ess"] = effective_sample_size(signal)
                 diagnostics["ess_tail"] = effective_sample_size(signal, "tail")
                 diagnostics["trend_t"] = half_trend(signal)
-            # The Monte Carlo error of λ̂ from the paired signal when there is one: in full mode the raw
-            # draws' batch noise averages out over the cycled sampling set, and init_loss_offset checks the rest.
-            estimator = signal if has_pairs else nbeta * traces
+            estimator = signal if (paired and has_pairs) else nbeta * traces  # the draws λ̂ averages
             if has_pairs and not paired:
                 diagnostics["init_loss_offset"] = _init_loss_offset(ok, init_loss, nbeta)
         if ok:

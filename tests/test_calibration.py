@@ -1,0 +1,140 @@
+"""The product chooses its own settings, and its diagnostics catch a wrong ε: regular
+models where λ = d/2 is known (logistic regression d = 20, n = 20,000; linear
+regression with a masked subset of weights). CPU, one intra-op thread."""
+import math
+
+import pytest
+import torch
+
+from cluster.engine import SamplerConfig, estimate_llc
+from cluster.engine.calibrate import choose, nbeta_rule, plan_pilots
+from cluster.engine.result import ChainResult
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: more threads only oversubscribe a loaded machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def logistic_at_mle(d=20, n=20_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = (torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(x @ torch.randn(d, generator=g,
+                                                                                            dtype=torch.float64))).double()
+    v = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([v], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ v, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(v.detach()[None].float())
+    x, y = x.float(), y.float()
+    return model, [(x[i:i + 100], y[i:i + 100]) for i in range(0, n, 100)]
+
+
+def bce(model, batch):
+    x, y = batch
+    return torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    return logistic_at_mle()
+
+
+GOOD_EPS = 4.95e-5  # what the calibration chooses below (ε·nβ = 0.1)
+
+
+@pytest.mark.slow
+def test_logistic_regression_all_automatic_is_within_10_percent_of_d_over_2(logistic):
+    model, batches = logistic
+    result = estimate_llc(model, bce, batches, SamplerConfig(draws=1000))
+    cal = result.calibration
+    assert result.config.nbeta == pytest.approx(nbeta_rule(20_000))
+    assert result.config.step_size == pytest.approx(GOOD_EPS, rel=0.01), cal["pilots"]
+    assert result.llc_mean == pytest.approx(10.0, rel=0.10), (result.llc_mean, result.warnings)
+    assert not result.warnings, result.warnings
+    assert cal["cost"]["fraction"] <= 1 / 3 + 0.01
+    verdicts = [p["verdict"] for p in cal["pilots"]]
+    assert verdicts[-1] == "too large" and sum(p["chosen"] for p in cal["pilots"]) == 1
+
+
+@pytest.mark.parametrize(
+    "factor,cause",
+    [(10.0, "minibatch gradient noise"), (0.01, "have not spread"), (1.0, None)],
+    ids=["10x-too-large", "100x-too-small", "good"],
+)
+def test_a_wrong_step_size_is_named_in_a_warning(logistic, factor, cause):
+    model, batches = logistic
+    config = SamplerConfig(step_size=GOOD_EPS * factor, burn_in=50, draws=300, chains=4)
+    result = estimate_llc(model, bce, batches, config)
+    if cause is None:
+        assert not result.warnings, result.warnings
+        assert result.llc_mean == pytest.approx(10.0, rel=0.2)
+    else:
+        named = [w for w in result.warnings if cause in w]
+        assert named, result.warnings
+        assert "step_size" in named[0]  # says what to change
+
+
+def test_linear_regression_with_a_masked_subset_all_automatic():
+    """y = Wx + noise, W 8×10, only 40 of its 80 weights move (a checkerboard mask): λ = 40/2."""
+    g = torch.Generator().manual_seed(0)
+    n, d_in, d_out = 5000, 10, 8
+    x = torch.randn(n, d_in, generator=g)
+    y = x @ torch.randn(d_in, d_out, generator=g) + torch.randn(n, d_out, generator=g)
+    model = torch.nn.Linear(d_in, d_out, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    mask = (torch.arange(d_out)[:, None] + torch.arange(d_in)[None, :]) % 2 == 0
+    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, n, 100)]
+
+    def loss(m, b):
+        xb, yb = b
+        return 0.5 * ((m(xb) - yb) ** 2).sum(dim=1).mean()
+
+    result = estimate_llc(model, loss, batches, SamplerConfig(draws=600), params={"weight": mask})
+    assert result.moving_elements == 40
+    assert result.llc_mean == pytest.approx(20.0, rel=0.10), (result.llc_mean, result.calibration["pilots"])
+    assert not result.warnings, result.warnings
+
+
+def test_user_nbeta_far_from_the_rule_is_named():
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(2000, 3)
+    batches = [(x[i:i + 100], x[i:i + 100, :1]) for i in range(0, 2000, 100)]
+
+    def loss(m, b):
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    result = estimate_llc(model, loss, batches, SamplerConfig(nbeta=10.0, step_size=1e-4, burn_in=10, draws=40, chains=2))
+    assert any("nbeta = 10 is" in w and "n/log n" in w for w in result.warnings), result.warnings
+
+
+def test_pilot_plan_costs_a_third_and_the_choice_rests_on_the_checks():
+    config = SamplerConfig(draws=1000, chains=4)
+    plan = plan_pilots(config, nbeta=1000.0)
+    assert plan.cost_steps <= config.chains * config.draws / 3
+    assert len(plan.grid) == 9 and plan.grid[0] < plan.grid[-1]
+    assert {plan.config_for(k).step_size for k in range(9)} == set(plan.grid)
+
+    def pilot(k, mala, diverged=False):
+        return ChainResult(chain=k, seed=k, llc=1.0, status="diverged" if diverged else "succeeded",
+                           loss_trace=[1.0 + 0.01 * (i % 3) for i in range(plan.steps)],
+                           init_trace=[1.0] * plan.steps, mala_acceptance=mala, gradient_noise=0.01)
+
+    results = [pilot(k, 0.99 - 0.05 * k, diverged=k == 8) for k in range(9)]
+    cal = choose(plan, results)
+    chosen = [p for p in cal["pilots"] if p["chosen"]][0]
+    assert chosen["step_size"] == plan.grid[3]  # MALA 0.84; the next one (0.79) is below the target
+    assert cal["pilots"][8]["verdict"] == "diverged" and cal["pilots"][4]["verdict"] == "too large"
+    assert not math.isnan(cal["cost"]["fraction"])
