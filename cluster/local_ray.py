@@ -89,7 +89,7 @@ class RayNode:
 
     def auth_env(self) -> dict[str, str]:
         """The environment a client of this cluster needs (Ray's own clients read it)."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_file} if self.token_file else {}
+        return token_env(self.token_file) if self.token_file else {}
 
     def alive(self) -> bool:
         if isinstance(self.process, subprocess.Popen):
@@ -207,6 +207,11 @@ def _auth_header(token_file: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {f.read().strip()}"}
 
 
+def token_env(token_file: str) -> dict[str, str]:
+    # An empty RAY_AUTH_TOKEN: a token in the caller's environment would take precedence over the file.
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_file, "RAY_AUTH_TOKEN": ""}
+
+
 def _new_token_file(directory: str) -> str:
     path = os.path.join(directory, "auth_token")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -236,7 +241,7 @@ def start_head(num_cpus: int = 2, *, num_gpus: int | None = None, resources: dic
     token_file = _new_token_file(temp_dir) if auth else ""
     extra = {MARK_ENV: mark, **({} if joinable else LOOPBACK_ENV)}
     if token_file:
-        extra.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file)
+        extra.update(token_env(token_file))
     # The node's own log goes with its private temp dir (removed by stop()); else to /tmp.
     proc, log_path, log = _spawn(args, "head", temp_dir, temp_dir if owns else None, extra)
     node = RayNode(proc, f"{host}:{port}", f"http://{host}:{dash}", log_path, log, temp_dir, owns, mark, token_file)

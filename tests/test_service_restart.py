@@ -48,6 +48,7 @@ class Serve:
         self.runs += 1
         self._log = open(self.store.parent / f"serve-{self.runs}.log", "w+")
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS")}
+        env["RAY_AUTH_TOKEN"] = "a-token-of-the-callers-own"  # must not displace the local Ray's token
         self.proc = subprocess.Popen([LLC, "serve", "--listen", self.address, "--store", str(self.store),
                                       "--num-cpus", "2", "--allow-path", str(self.allow_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
         with Client(self.address) as client:
