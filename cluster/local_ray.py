@@ -12,8 +12,9 @@ Used by `llc serve`, `llc demo` and the tests.
 
 `start_head(joinable=False)` is a single-node cluster whose every port binds 127.0.0.1
 (`llc serve`'s embedded Ray); `auth=True` adds Ray's token auth, so other local users
-cannot use it either (RayNode.auth_env() is what a client of it needs). A head can outlive its starter: `save_state` records it in a
-JSON file, `adopt_head` re-attaches to it later if that process is still the one we started.
+cannot use it either (RayNode.auth_env() is what a client of it needs). A head can outlive
+its starter: `save_state` records it in a JSON file, `adopt_head` re-attaches to it later
+if that process is still the one we started.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from cluster.errors import Unavailable
 LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 # With 0 the node IP stays 127.0.0.1 and every Ray process binds there: a single-node cluster.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-# Every process of a head (raylet, workers, job drivers) inherits this mark: what stop() sweeps.
+# Every process of a head (raylet, workers, job drivers) inherits this mark (see node_processes).
 MARK_ENV = "LLC_LOCAL_RAY_ID"
 TEMP_PREFIX = "llcray"
 

@@ -49,8 +49,9 @@ class Serve:
         self._log = open(self.store.parent / f"serve-{self.runs}.log", "w+")
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DASHBOARD_ADDRESS")}
         env["RAY_AUTH_TOKEN"] = "a-token-of-the-callers-own"  # must not displace the local Ray's token
-        self.proc = subprocess.Popen([LLC, "serve", "--listen", self.address, "--store", str(self.store),
-                                      "--num-cpus", "2", "--allow-path", str(self.allow_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        args = ["--listen", self.address, "--store", str(self.store), "--num-cpus", "2",
+                "--allow-path", str(self.allow_path)]
+        self.proc = subprocess.Popen([LLC, "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
         with Client(self.address) as client:
             client.wait_ready(180)
         return time.monotonic() - t0
@@ -93,7 +94,8 @@ def ray_processes(state: HeadState) -> list[psutil.Process]:
 def ray_job_status(state: HeadState, estimate_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {open(state.token_file).read()}"})
+    with open(state.token_file) as f:
+        client = JobSubmissionClient(state.dashboard_url, headers={"Authorization": f"Bearer {f.read()}"})
     return str(client.get_job_status(f"llc-{estimate_id}").value)
 
 
@@ -139,7 +141,8 @@ def listening_sockets(procs: list[psutil.Process]) -> list[tuple[str, str, int]]
 def job_api_status(dashboard_url: str, token: str = "") -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=headers), timeout=10) as r:
+        request = urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
