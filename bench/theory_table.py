@@ -3,6 +3,7 @@
     .venv/bin/python bench/theory_table.py            # full table (estimated 15-20 min on an idle 2-core machine)
     .venv/bin/python bench/theory_table.py --quick    # the two smallest rows
     .venv/bin/python bench/theory_table.py --rows 2 4 --step-size 1e-6 --steps 4000   # tuning
+    .venv/bin/python bench/theory_table.py --auto     # ε, nβ, burn-in chosen by the product
 
 Prints shape, parameters, rank, true λ, λ̂ ± std (over chains), relative error,
 MALA acceptance, time; exits 1 if a row misses its tolerance (15%), or the median
@@ -97,12 +98,18 @@ def sampler_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerC
     )
 
 
-def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1) -> dict:
+def auto_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerConfig:
+    """--auto: ε, nβ and burn-in left to the product; the row's step count is only the budget
+    (draws), and L(w*) is paired (the default)."""
+    return SamplerConfig(method="sgld", gamma=GAMMA, chains=chains, draws=row.steps, seed=seed, fetch_every=500)
+
+
+def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1, auto: bool = False) -> dict:
     model = make_dln(row.widths, row.rank, seed=seed)
     x, y = make_dln_data(model, N_EXAMPLES, seed=seed)
+    config = auto_config(row, chains=chains, seed=seed) if auto else sampler_config(row, chains=chains, seed=seed)
     start = time.perf_counter()
-    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, BATCH), sampler_config(row, chains=chains, seed=seed),
-                          workers=workers)
+    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, BATCH), config, workers=workers)
     seconds = time.perf_counter() - start
     rel = abs(result.llc_mean - row.truth) / row.truth if math.isfinite(result.llc_mean) else math.inf
     return {
@@ -114,6 +121,8 @@ def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1) 
         "diverged": result.diagnostics["diverged_chains"],
         "warnings": result.warnings,
         "seconds": seconds,
+        "chosen": result.config,
+        "calibration": result.calibration or {},
     }
 
 
@@ -123,8 +132,11 @@ def format_row(r: dict) -> str:
     mala = f"{r['mala']:.2f}" if r["mala"] is not None else "  - "
     est = f"{r['llc']:9.1f} ± {r['std']:6.1f}" if math.isfinite(r["llc"]) else f"{'diverged':>18}"
     mark = "" if r["rel"] <= ROW_TOLERANCE and not r["diverged"] else "  MISS"
+    cfg = r["chosen"]
+    cost = (r["calibration"].get("cost") or {}).get("fraction")
+    auto = f"  nβ {cfg.nbeta:.0f} burn-in {cfg.burn_in} pilots {cost:.0%}" if cost is not None else ""
     return (f"{shape:<24}{row.params:>8}{row.rank:>5}{row.truth:>9.1f} {est}{r['rel']:>8.1%}{mala:>6}"
-            f"{row.step_size:>9.1e}{row.steps:>7}{r['seconds']:>7.0f}s{mark}")
+            f"{cfg.step_size:>9.1e}{cfg.total_steps:>7}{r['seconds']:>7.0f}s{mark}{auto}")
 
 
 HEADER = f"{'shape':<24}{'params':>8}{'rank':>5}{'true λ':>9} {'λ̂ ± std':>18}{'rel.err':>8}{'MALA':>6}{'ε':>9}{'steps':>7}{'time':>8}"
@@ -140,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=1, help="chains run concurrently (estimate_llc workers)")
+    parser.add_argument("--auto", action="store_true",
+                        help="ε, nβ and burn-in chosen by the product (pilots + rules); the row's steps are the draws")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,9 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     results = []
     for row in rows:
-        r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers)
+        r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers, auto=args.auto)
         results.append(r)
         print(format_row(r), flush=True)
+        for p in r["calibration"].get("pilots", []):
+            llc = f"{p['llc']:.1f}" if p.get("llc") is not None else "-"
+            mala = f"{p['mala_acceptance']:.2f}" if p.get("mala_acceptance") is not None else "-"
+            print(f"    pilot ε {p['step_size']:.2e}  λ̂ {llc:>8}  MALA {mala}  {p['verdict']}"
+                  f"{' ← chosen' if p.get('chosen') else ''}", flush=True)
         for w in r["warnings"]:
             print(f"    warning: {w}", flush=True)
 

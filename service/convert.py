@@ -78,7 +78,7 @@ def restriction_to_dict(r: pb.Restriction) -> dict[str, Any]:
 def sampler_to_dict(s: pb.SamplerSettings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _optional(s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
-                  "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every"), out)
+                  "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every", "calibration_budget"), out)
     _enum(METHODS, s.method, out, "method", "sampler.method")
     _enum(INIT_LOSS, s.init_loss, out, "init_loss", "sampler.init_loss")
     _enum(DTYPES, s.dtype, out, "dtype", "sampler.dtype")
@@ -100,7 +100,7 @@ def spec_to_dict(spec: pb.EstimateSpec, job_id: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ spec → message (echo)
 def _set(msg: Any, data: dict[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
-        if name in data and data[name] is not None:
+        if name in data and data[name] is not None and data[name] != "auto":  # "auto" travels as unset
             setattr(msg, name, data[name])
 
 
@@ -132,7 +132,8 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
             dataset_from_dict(r["dataset"], rm.dataset)
     s = d.get("sampler") or {}
     _set(spec.sampler, s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
-                           "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every"))
+                           "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every",
+                           "calibration_budget"))
     spec.sampler.method = _invert(METHODS).get(s.get("method", ""), 0)
     spec.sampler.init_loss = _invert(INIT_LOSS).get(s.get("init_loss", ""), 0)
     spec.sampler.dtype = _invert(DTYPES).get(s.get("dtype", ""), 0)
@@ -181,11 +182,29 @@ def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
         diagnostics=pb.Diagnostics(rhat=_num(diag.get("rhat")), ess=_num(diag.get("ess")),
                                    mala_acceptance=_num(diag.get("mala_acceptance")),
                                    frac_below_init=_num(diag.get("frac_below_init")),
-                                   diverged_chains=[int(i) for i in diag.get("diverged_chains") or []]),
+                                   diverged_chains=[int(i) for i in diag.get("diverged_chains") or []],
+                                   **{k: _num(diag.get(k)) for k in ("ess_tail", "trend_t", "llc_sem", "llc_half_width",
+                                                                     "gradient_noise", "equipartition")}),
         warnings=list(r.get("warnings") or []), chains=[chain_from_dict(c) for c in r.get("chains") or []],
         moved_tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
                                       elements=int(t.get("elements") or 0)) for t in r.get("moved_tensors") or []],
-        moved_elements=int(r.get("moved_elements") or 0), config=_struct(r.get("config") or {}))
+        moved_elements=int(r.get("moved_elements") or 0), config=_struct(r.get("config") or {}),
+        calibration=calibration_from_dict(r.get("calibration") or {}))
+
+
+def calibration_from_dict(c: dict[str, Any]) -> pb.Calibration:
+    """The engine's calibration record (cluster.engine.calibrate.choose + the nβ rule)."""
+    rule, cost = c.get("nbeta_rule") or {}, c.get("cost") or {}
+    return pb.Calibration(
+        pilots=[pb.Pilot(step_size=_num(p.get("step_size")), llc=_num(p.get("llc")),
+                         mala_acceptance=_num(p.get("mala_acceptance")), gradient_noise=_num(p.get("gradient_noise")),
+                         trend_t=_num(p.get("trend_t")), verdict=p.get("verdict") or "", why=p.get("why") or "",
+                         chosen=bool(p.get("chosen"))) for p in c.get("pilots") or []],
+        step_size=_num(c.get("step_size")), step_size_reason=c.get("step_size_reason") or "",
+        burn_in=int(c.get("burn_in") or 0), burn_in_reason=c.get("burn_in_reason") or "",
+        nbeta=_num(c.get("nbeta")), nbeta_source=rule.get("source") or "", sample_size=int(rule.get("sample_size") or 0),
+        pilot_steps=int(cost.get("pilot_steps") or 0), main_steps=int(cost.get("main_steps") or 0),
+        cost_fraction=_num(cost.get("fraction")), discarded_draws=int(c.get("discarded_draws") or 0))
 
 
 def result_from_dict(doc: dict[str, Any]) -> pb.EstimateResult:

@@ -138,3 +138,22 @@ def test_pilot_plan_costs_a_third_and_the_choice_rests_on_the_checks():
     assert chosen["step_size"] == plan.grid[3]  # MALA 0.84; the next one (0.79) is below the target
     assert cal["pilots"][8]["verdict"] == "diverged" and cal["pilots"][4]["verdict"] == "too large"
     assert not math.isnan(cal["cost"]["fraction"])
+
+
+def test_calibration_reaches_the_sdk_table_and_plot(tmp_path):
+    """The engine's record → proto (service.convert) → SDK: the CLI's table and the λ̂-vs-ε PNG."""
+    from llc.results import EstimateResult
+    from service.convert import result_from_dict
+
+    plan = plan_pilots(SamplerConfig(draws=300, chains=2), nbeta=500.0)
+    pilots = [ChainResult(chain=k, seed=k, llc=1.0, loss_trace=[1.0 + 0.002 * (k + 1) + 0.001 * (i % 2)
+                                                                  for i in range(plan.steps)],
+                          init_trace=[1.0] * plan.steps, mala_acceptance=0.99 - 0.05 * k, gradient_noise=0.01)
+              for k in range(len(plan.grid))]
+    record = {**choose(plan, pilots), "nbeta": 500.0, "nbeta_rule": {"source": "rule", "sample_size": 3000}}
+    doc = {"restrictions": [{"name": "full", "llc_mean": 1.0, "calibration": record, "diagnostics": {"trend_t": 0.5}}]}
+    result = EstimateResult.from_proto(result_from_dict(doc))
+    table = result.calibration_table()
+    assert "nβ = 500 (rule, n = 3000)" in table and table.count("← chosen") == 1 and "too large" in table
+    png = result.plot_calibration(str(tmp_path / "calibration.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

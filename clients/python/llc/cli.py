@@ -119,11 +119,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             os.makedirs(args.plots, exist_ok=True)
             result.plot_loss_traces(os.path.join(args.plots, f"{est.id}-loss-traces.png"))
             result.plot_llc(os.path.join(args.plots, f"{est.id}-llc.png"))
+            result.plot_calibration(os.path.join(args.plots, f"{est.id}-calibration.png"))
         if args.json:
             _print_json({"estimate_id": est.id, **result.to_dict()})
         else:
             print(f"estimate {est.id}")
             print(result.table())
+            if result.calibration_table():
+                print(result.calibration_table())
     return 0
 
 
@@ -169,6 +172,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(_estimate_line(e))
         if e.result is not None:
             print(e.result.table())
+            if e.result.calibration_table():
+                print(e.result.calibration_table())
     return 0
 
 

@@ -51,3 +51,29 @@ def plot_llc(result: "EstimateResult", path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_calibration(result: "EstimateResult", path: str) -> str:
+    """λ̂ of each step-size pilot against ε (log axis), per restriction; the chosen ε marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in result.restrictions:
+        pilots = [p for p in (r.calibration or {}).get("pilots") or [] if math.isfinite(p["llc"])]
+        if not pilots:
+            continue
+        line, = ax.plot([p["step_size"] for p in pilots], [p["llc"] for p in pilots], "o-", label=r.name)
+        for p in pilots:
+            if p["verdict"] != "ok":
+                ax.annotate(p["verdict"], (p["step_size"], p["llc"]), fontsize="x-small", rotation=30)
+        chosen = r.calibration.get("step_size")
+        if chosen:
+            ax.axvline(chosen, color=line.get_color(), ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("step size ε")
+    ax.set_ylabel("pilot λ̂")
+    ax.set_title("step-size calibration (dashed: chosen ε)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

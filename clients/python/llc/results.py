@@ -83,6 +83,9 @@ class RestrictionResult(_Doc):
     moved_tensors: list[dict[str, Any]]
     moved_elements: int
     config: dict[str, Any]
+    # how the automatic settings were chosen: pilots (step_size, llc, mala_acceptance, gradient_noise,
+    # trend_t, verdict, why, chosen), step_size(_reason), burn_in(_reason), nbeta(_source), cost_fraction ...
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, m: pb.RestrictionResult) -> "RestrictionResult":
@@ -91,7 +94,7 @@ class RestrictionResult(_Doc):
                    Diagnostics(d.rhat, d.ess, d.mala_acceptance, d.frac_below_init, list(d.diverged_chains)),
                    list(m.warnings), [Chain.from_proto(c) for c in m.chains],
                    [{"name": t.name, "shape": list(t.shape), "elements": t.elements} for t in m.moved_tensors],
-                   m.moved_elements, _struct(m.config))
+                   m.moved_elements, _struct(m.config), message_dict(m.calibration))
 
     @property
     def loss_traces(self) -> list[list[float]]:
@@ -134,6 +137,32 @@ class EstimateResult(_Doc):
         notes = [f"warning: {w}" for w in self.warnings]
         notes += [f"warning [{r.name}]: {w}" for r in self.restrictions for w in r.warnings]
         return "\n".join(lines + notes)
+
+    def calibration_table(self) -> str:
+        """Each restriction's pilots (ε, λ̂, MALA, gradient noise τ, trend t, verdict) and the chosen settings."""
+        lines = []
+        fmt = lambda v, spec: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)  # noqa: E731
+        for r in self.restrictions:
+            c = r.calibration or {}
+            if not c.get("pilots") and not c.get("nbeta"):
+                continue
+            lines.append(f"calibration [{r.name}]: nβ = {fmt(c.get('nbeta'), '.4g')} ({c.get('nbeta_source') or '-'}, "
+                         f"n = {c.get('sample_size') or '-'}), ε = {fmt(c.get('step_size'), '.3g')}, "
+                         f"burn-in {c.get('burn_in', 0)}; pilots cost {fmt(c.get('cost_fraction'), '.0%')} of the main run")
+            if c.get("step_size_reason"):
+                lines.append(f"  why ε: {c['step_size_reason']}")
+            if c.get("pilots"):
+                lines.append(f"  {'ε':>10} {'λ̂':>10} {'MALA':>6} {'τ':>7} {'trend t':>8}  verdict")
+            for p in c.get("pilots") or []:
+                lines.append(f"  {fmt(p['step_size'], '10.3g')} {fmt(p['llc'], '10.4g')} {fmt(p['mala_acceptance'], '6.2f')}"
+                             f" {fmt(p['gradient_noise'], '7.3f')} {fmt(p['trend_t'], '8.1f')}  {p['verdict']}"
+                             f"{' ← chosen' if p.get('chosen') else ''}")
+        return "\n".join(lines)
+
+    def plot_calibration(self, path: str) -> str:
+        from llc.plots import plot_calibration
+
+        return plot_calibration(self, path)
 
     def to_dataframe(self):
         """A pandas DataFrame, one row per restriction (needs pandas: pip install 'llc-client[pandas]')."""

@@ -169,7 +169,7 @@ class Restriction(_message.Message):
     def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[WeightSelector, _Mapping]]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ...) -> None: ...
 
 class SamplerSettings(_message.Message):
-    __slots__ = ("step_size", "nbeta", "gamma", "method", "chains", "burn_in", "draws", "steps_between_draws", "seed", "init_loss", "init_loss_batches", "dtype", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every")
+    __slots__ = ("step_size", "nbeta", "gamma", "method", "chains", "burn_in", "draws", "steps_between_draws", "seed", "init_loss", "init_loss_batches", "dtype", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every", "calibration_budget")
     STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     NBETA_FIELD_NUMBER: _ClassVar[int]
     GAMMA_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class SamplerSettings(_message.Message):
     RMSPROP_EPS_FIELD_NUMBER: _ClassVar[int]
     MALA_FIELD_NUMBER: _ClassVar[int]
     FETCH_EVERY_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_BUDGET_FIELD_NUMBER: _ClassVar[int]
     step_size: float
     nbeta: float
     gamma: float
@@ -202,7 +203,8 @@ class SamplerSettings(_message.Message):
     rmsprop_eps: float
     mala: bool
     fetch_every: int
-    def __init__(self, step_size: _Optional[float] = ..., nbeta: _Optional[float] = ..., gamma: _Optional[float] = ..., method: _Optional[_Union[SamplerMethod, str]] = ..., chains: _Optional[int] = ..., burn_in: _Optional[int] = ..., draws: _Optional[int] = ..., steps_between_draws: _Optional[int] = ..., seed: _Optional[int] = ..., init_loss: _Optional[_Union[InitLossMode, str]] = ..., init_loss_batches: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rmsprop_alpha: _Optional[float] = ..., rmsprop_eps: _Optional[float] = ..., mala: _Optional[bool] = ..., fetch_every: _Optional[int] = ...) -> None: ...
+    calibration_budget: float
+    def __init__(self, step_size: _Optional[float] = ..., nbeta: _Optional[float] = ..., gamma: _Optional[float] = ..., method: _Optional[_Union[SamplerMethod, str]] = ..., chains: _Optional[int] = ..., burn_in: _Optional[int] = ..., draws: _Optional[int] = ..., steps_between_draws: _Optional[int] = ..., seed: _Optional[int] = ..., init_loss: _Optional[_Union[InitLossMode, str]] = ..., init_loss_batches: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rmsprop_alpha: _Optional[float] = ..., rmsprop_eps: _Optional[float] = ..., mala: _Optional[bool] = ..., fetch_every: _Optional[int] = ..., calibration_budget: _Optional[float] = ...) -> None: ...
 
 class ComputeSettings(_message.Message):
     __slots__ = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage")
@@ -407,18 +409,78 @@ class Chain(_message.Message):
     def __init__(self, chain: _Optional[int] = ..., seed: _Optional[int] = ..., llc: _Optional[float] = ..., state: _Optional[_Union[ChainState, str]] = ..., loss_trace: _Optional[_Iterable[float]] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., steps: _Optional[int] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class Diagnostics(_message.Message):
-    __slots__ = ("rhat", "ess", "mala_acceptance", "frac_below_init", "diverged_chains")
+    __slots__ = ("rhat", "ess", "mala_acceptance", "frac_below_init", "diverged_chains", "ess_tail", "trend_t", "llc_sem", "llc_half_width", "gradient_noise", "equipartition")
     RHAT_FIELD_NUMBER: _ClassVar[int]
     ESS_FIELD_NUMBER: _ClassVar[int]
     MALA_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
     FRAC_BELOW_INIT_FIELD_NUMBER: _ClassVar[int]
     DIVERGED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    ESS_TAIL_FIELD_NUMBER: _ClassVar[int]
+    TREND_T_FIELD_NUMBER: _ClassVar[int]
+    LLC_SEM_FIELD_NUMBER: _ClassVar[int]
+    LLC_HALF_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NOISE_FIELD_NUMBER: _ClassVar[int]
+    EQUIPARTITION_FIELD_NUMBER: _ClassVar[int]
     rhat: float
     ess: float
     mala_acceptance: float
     frac_below_init: float
     diverged_chains: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, rhat: _Optional[float] = ..., ess: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., diverged_chains: _Optional[_Iterable[int]] = ...) -> None: ...
+    ess_tail: float
+    trend_t: float
+    llc_sem: float
+    llc_half_width: float
+    gradient_noise: float
+    equipartition: float
+    def __init__(self, rhat: _Optional[float] = ..., ess: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., diverged_chains: _Optional[_Iterable[int]] = ..., ess_tail: _Optional[float] = ..., trend_t: _Optional[float] = ..., llc_sem: _Optional[float] = ..., llc_half_width: _Optional[float] = ..., gradient_noise: _Optional[float] = ..., equipartition: _Optional[float] = ...) -> None: ...
+
+class Pilot(_message.Message):
+    __slots__ = ("step_size", "llc", "mala_acceptance", "gradient_noise", "trend_t", "verdict", "why", "chosen")
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LLC_FIELD_NUMBER: _ClassVar[int]
+    MALA_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NOISE_FIELD_NUMBER: _ClassVar[int]
+    TREND_T_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    step_size: float
+    llc: float
+    mala_acceptance: float
+    gradient_noise: float
+    trend_t: float
+    verdict: str
+    why: str
+    chosen: bool
+    def __init__(self, step_size: _Optional[float] = ..., llc: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., gradient_noise: _Optional[float] = ..., trend_t: _Optional[float] = ..., verdict: _Optional[str] = ..., why: _Optional[str] = ..., chosen: _Optional[bool] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("pilots", "step_size", "step_size_reason", "burn_in", "burn_in_reason", "nbeta", "nbeta_source", "sample_size", "pilot_steps", "main_steps", "cost_fraction", "discarded_draws")
+    PILOTS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_REASON_FIELD_NUMBER: _ClassVar[int]
+    BURN_IN_FIELD_NUMBER: _ClassVar[int]
+    BURN_IN_REASON_FIELD_NUMBER: _ClassVar[int]
+    NBETA_FIELD_NUMBER: _ClassVar[int]
+    NBETA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PILOT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    COST_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DISCARDED_DRAWS_FIELD_NUMBER: _ClassVar[int]
+    pilots: _containers.RepeatedCompositeFieldContainer[Pilot]
+    step_size: float
+    step_size_reason: str
+    burn_in: int
+    burn_in_reason: str
+    nbeta: float
+    nbeta_source: str
+    sample_size: int
+    pilot_steps: int
+    main_steps: int
+    cost_fraction: float
+    discarded_draws: int
+    def __init__(self, pilots: _Optional[_Iterable[_Union[Pilot, _Mapping]]] = ..., step_size: _Optional[float] = ..., step_size_reason: _Optional[str] = ..., burn_in: _Optional[int] = ..., burn_in_reason: _Optional[str] = ..., nbeta: _Optional[float] = ..., nbeta_source: _Optional[str] = ..., sample_size: _Optional[int] = ..., pilot_steps: _Optional[int] = ..., main_steps: _Optional[int] = ..., cost_fraction: _Optional[float] = ..., discarded_draws: _Optional[int] = ...) -> None: ...
 
 class MovedTensor(_message.Message):
     __slots__ = ("name", "shape", "elements")
@@ -431,7 +493,7 @@ class MovedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class RestrictionResult(_message.Message):
-    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "config")
+    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "config", "calibration")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LLC_MEAN_FIELD_NUMBER: _ClassVar[int]
     LLC_STD_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +505,7 @@ class RestrictionResult(_message.Message):
     MOVED_TENSORS_FIELD_NUMBER: _ClassVar[int]
     MOVED_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     llc_mean: float
     llc_std: float
@@ -454,7 +517,8 @@ class RestrictionResult(_message.Message):
     moved_tensors: _containers.RepeatedCompositeFieldContainer[MovedTensor]
     moved_elements: int
     config: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    calibration: Calibration
+    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
 
 class EstimateResult(_message.Message):
     __slots__ = ("restrictions", "provenance", "warnings")
