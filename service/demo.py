@@ -30,7 +30,7 @@ print(f"[demo] trained the tiny model: loss {train_tiny_lm(sys.argv[1], sys.argv
 """
 
 
-def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int = 2, json_out: str = "") -> int:
+def main(*, chains: int = 2, draws: int = 600, workdir: str = "", num_cpus: int = 2, json_out: str = "") -> int:
     from llc import Client
 
     t0 = time.monotonic()
@@ -48,11 +48,12 @@ def main(*, chains: int = 2, draws: int = 100, workdir: str = "", num_cpus: int 
         print(f"[demo] llc.v1 server on {server.address}; submitting an estimate over gRPC", flush=True)
         with Client(server.address, client_id="demo") as client:
             result = client.estimate(model, data, chains=chains, draws=draws, context_length=32, batch_size=8,
-                                     burn_in=100, step_size=3e-4, nbeta=10.0, gamma=100.0,
+                                     # step_size, nbeta, burn_in unset: chosen by the product (docs/calibration.md)
                                      restrictions=["full=all", "layer0=layer:0", "head0.1=head:0.1",
                                                    "heldout-data=all@" + other])
         print()
         print(result.table())
+        print(result.calibration_table())
         if json_out:
             with open(json_out, "w") as f:
                 f.write(result.to_json())
