@@ -230,6 +230,7 @@ class ComputeSpec:
     # DeepSpeed ZeRO-3 ranks of one chain: g > 1 GPUs mean g ranks; on CPUs (g = 0) a value > 1 runs gloo ranks.
     ranks_per_chain: int = 1
     zero_stage: int = 3  # of sharded chains; stages 1-2 keep whole weights on every rank, which saves nothing here
+    lean_memory: bool = False  # bf16 weights + fp32 drift w - w* (cluster.engine.lean), single-process chains
 
     @property
     def ranks(self) -> int:
@@ -256,6 +257,10 @@ class ComputeSpec:
         _require(self.zero_stage == 3, f"{path}.zero_stage",
                  f"only ZeRO stage 3 is supported (stages 1-2 keep the whole weights on every rank, which a "
                  f"single-process chain already does); set zero_stage=3 or leave it unset, got {self.zero_stage!r}")
+        _require(isinstance(self.lean_memory, bool), f"{path}.lean_memory", f"must be true or false, got {self.lean_memory!r}")
+        _require(not (self.lean_memory and self.ranks > 1), f"{path}.lean_memory",
+                 "is for single-process chains; a sharded chain already divides its memory by its ranks: "
+                 "set lean_memory=false or use one rank")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "compute") -> "ComputeSpec":
@@ -293,6 +298,8 @@ class JobSpec:
         _require(self.batch_size % ranks == 0, "batch_size",
                  f"a ZeRO-3 chain splits each batch over its {ranks} ranks: make batch_size a multiple of {ranks}, "
                  f"got {self.batch_size}")
+        _require(not self.compute.lean_memory or self.model.dtype == "bfloat16", "compute.lean_memory",
+                 f"keeps the weights in bfloat16: set model.dtype='bfloat16' (got {self.model.dtype!r})")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

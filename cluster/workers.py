@@ -208,7 +208,8 @@ class ChainWorker:
 
         result = estimate_llc(self._state["model"].model, lm_loss, batches, config,
                               params=self._state["selections"][restriction].params, chains=[chain],
-                              init_loss=init_loss, progress=progress)
+                              init_loss=init_loss, progress=progress,
+                              memory="lean" if self._spec.compute.lean_memory else "standard")
         return result.chains[0]
 
     def where(self) -> dict[str, Any]:

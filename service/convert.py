@@ -35,7 +35,8 @@ def _enum(table: dict, value: int, out: dict, key: str, field: str) -> None:
     out[key] = table.get(value, f"<unknown enum value {value} of {field}>")
 
 
-_COMPUTE_FIELDS = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage")
+_COMPUTE_FIELDS = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage",
+                   "lean_memory")
 
 
 def _optional(msg: Any, names: tuple[str, ...], out: dict) -> None:

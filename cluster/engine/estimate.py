@@ -23,6 +23,7 @@ import torch
 from cluster.engine import calibrate
 from cluster.engine.config import ConfigError, SamplerConfig
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
+from cluster.engine.lean import LeanSGLD
 from cluster.engine.sgld import SGLD
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
@@ -91,15 +92,16 @@ def _resolve_moving(model: torch.nn.Module, params: Params) -> list[tuple[str, t
 
 
 @contextlib.contextmanager
-def _moving_only(model: torch.nn.Module, moving) -> Iterable[None]:
+def _moving_only(model: torch.nn.Module, moving, upcast: bool = True) -> Iterable[None]:
     """Gradients only for moving weights; half-precision moving weights become fp32
-    during sampling (updates of size ε are below bf16 resolution), restored after."""
+    during sampling (updates of size ε are below bf16 resolution), restored after
+    (unless not `upcast`: the lean mode carries the fp32 part itself, cluster.engine.lean)."""
     saved = {n: (p.requires_grad, p.dtype) for n, p in model.named_parameters()}
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         for _, p, _ in moving:
-            if p.dtype != torch.float32:
+            if p.dtype != torch.float32 and upcast:
                 p.data = p.data.float()
             p.requires_grad_(True)
         yield
@@ -205,6 +207,7 @@ def estimate_llc(
     progress: Callable[[ChainProgress], None] | None = None,
     workers: int = 1,
     sample_size: int | None = None,
+    memory: str = "standard",
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -228,6 +231,9 @@ def estimate_llc(
         sample_size: n of the rule nβ = n/log n (the number of terms the loss averages
             over the sampling set: examples, or tokens for a per-token loss). Default:
             the examples in `batches` when they have a length.
+        memory: "standard", or "lean" for a bf16 model too large for fp32 master weights:
+            bf16 weights, w* as loaded and the drift w - w* in fp32 (cluster.engine.lean;
+            10 instead of 14 bytes per moving weight, no MALA estimate).
 
     Settings left "auto" in `config` are chosen first (cluster.engine.calibrate):
     pilot chains over a grid of ε, then the main chains at the chosen ε. The result's
@@ -242,19 +248,24 @@ def estimate_llc(
     bad = [i for i in indices if not (isinstance(i, int) and 0 <= i < config.chains)]
     if bad:
         raise ConfigError("chains", f"chain indices must be in [0, {config.chains}), got {bad}")
+    if memory not in ("standard", "lean"):
+        raise ConfigError("memory", f"must be 'standard' or 'lean', got {memory!r}")
+    if memory == "lean" and any(p.dtype == torch.float32 for _, p, _ in moving):
+        raise ConfigError("memory", "the lean mode keeps the moving weights in half precision: load the model "
+                                    "in bfloat16 (model.dtype), or use the standard mode for float32 weights")
     mode = _init_mode(config, batches)
     elements = sum(int(m.sum()) if m is not None else p.numel() for _, p, m in moving)
     amp = _autocast_dtype(config, model)  # before half-precision moving weights are upcast
     nbeta, nbeta_info = calibrate.resolve_nbeta(config, sample_size or _count_examples(batches))
     calibration = None
-    with _moving_only(model, moving):
+    with _moving_only(model, moving, upcast=memory != "lean"):
         if mode == "full" and init_loss is None:
             init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
 
         def run_all(cfg: SamplerConfig, which: list[int], report) -> list[ChainResult]:
             run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=cfg,
                                     init_loss=init_loss if mode == "full" else None, elements=elements,
-                                    progress=report, amp=amp)
+                                    progress=report, amp=amp, memory=memory)
             n = min(workers, len(which))
             return [run(model, moving, i) for i in which] if n == 1 else _run_concurrently(run, model, moving, which, n)
 
@@ -314,13 +325,13 @@ def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> l
 
 
 def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
-               elements: int, progress, amp: str) -> ChainResult:
+               elements: int, progress, amp: str, memory: str = "standard") -> ChainResult:
     params = [p for _, p, _ in moving]
     device = params[0].device
     seed = chain_seed(config.seed, chain)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    optimizer = SGLD(
+    optimizer = (LeanSGLD if memory == "lean" else SGLD)(
         [{"params": params, "masks": [m for _, _, m in moving]}],
         lr=config.step_size,
         nbeta=config.nbeta,
