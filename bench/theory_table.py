@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             row = Row(row.widths, row.rank, args.step_size or row.step_size, args.steps or row.steps)
         rows.append(row)
 
+    draws = ("draws = the row's steps, ε / nβ / burn-in chosen by the product" if args.auto
+             else f"draws = last {DRAW_FRACTION:.0%} of steps")
     print(f"n = {N_EXAMPLES}, batch = {BATCH}, nβ = n/log n = {N_EXAMPLES / math.log(N_EXAMPLES):.1f}, γ = {GAMMA}, "
-          f"{args.chains} chains, draws = last {DRAW_FRACTION:.0%} of steps, plain SGLD", flush=True)
+          f"{args.chains} chains, {draws}, plain SGLD", flush=True)
     print(HEADER, flush=True)
     results = []
     for row in rows:

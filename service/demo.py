@@ -48,7 +48,9 @@ def main(*, chains: int = 2, draws: int = 600, workdir: str = "", num_cpus: int 
         print(f"[demo] llc.v1 server on {server.address}; submitting an estimate over gRPC", flush=True)
         with Client(server.address, client_id="demo") as client:
             result = client.estimate(model, data, chains=chains, draws=draws, context_length=32, batch_size=8,
-                                     # step_size, nbeta, burn_in unset: chosen by the product (docs/calibration.md)
+                                     # step_size, nbeta, burn_in unset: chosen by the product (docs/calibration.md);
+                                     # γ = 100 localizes the transformer's flat directions within the demo's steps
+                                     gamma=100.0,
                                      restrictions=["full=all", "layer0=layer:0", "head0.1=head:0.1",
                                                    "heldout-data=all@" + other])
         print()

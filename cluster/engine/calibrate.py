@@ -14,7 +14,7 @@ that short pilots measure precisely: discretisation (seen by the MALA acceptance
 and minibatch gradient noise (τ = ε·nβ²·Var(∇L_m)/4, its share of the injected
 noise, by which λ̂ grows). A pilot *passes* when it did not diverge, its MALA
 acceptance is ≥ MALA_TARGET, τ ≤ NOISE_TARGET, and the second half of its paired
-λ̂ signal shows no falling trend; the largest passing ε is chosen: the bias is
+λ̂ signal shows no falling trend (a rising one only means the pilot was short); the largest passing ε is chosen: the bias is
 bounded there and the chain mixes fastest. λ̂ and the trend t of every pilot are
 recorded (λ̂ against ε is the plot to look at) and the main run's own trend test
 flags an ε too small for its length. Burn-in: the MSER truncation point of the
@@ -177,11 +177,13 @@ def choose(plan: PilotPlan, results: list[ChainResult], init_loss: float | None 
 
 
 def _choose_step(rows: list[dict[str, Any]], warnings: list[str]) -> tuple[int, str]:
-    ok = [i for i, r in enumerate(rows) if r["verdict"] == "ok"]
+    # A pilot still rising at a larger ε says the pilot was short, not that ε is too large:
+    # it stays a candidate (the main run is longer, and its burn-in and trend test follow).
+    ok = [i for i, r in enumerate(rows) if r["verdict"] in ("ok", "too small")]
     if ok:
         i = ok[-1]
         nxt = rows[i + 1]["why"] if i + 1 < len(rows) else "the top of the grid"
-        return i, (f"the largest ε with MALA ≥ {MALA_TARGET}, gradient noise τ ≤ {NOISE_TARGET} and no trend; "
+        return i, (f"the largest ε with MALA ≥ {MALA_TARGET}, gradient noise τ ≤ {NOISE_TARGET} and no falling trend; "
                    f"the next larger: {nxt}")
     moving = [i for i, r in enumerate(rows) if r["verdict"] in ("too small", "not stationary")]
     if moving:
