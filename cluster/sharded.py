@@ -173,11 +173,11 @@ class ShardedChainWorker(ChainRank):
         calls = [f.init_loss.remote(key) for f in self._followers]
         return self._together(calls, lambda: super(ShardedChainWorker, self).init_loss(key))
 
-    def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None) -> dict[str, Any]:
+    def run_chain(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # ChainWorker.run_chain's arguments
         self.prepare()
-        calls = [f.run_chain.remote(restriction, chain, attempt, init_loss) for f in self._followers]
+        calls = [f.run_chain.remote(*args, **kwargs) for f in self._followers]
         run = super(ShardedChainWorker, self).run_chain
-        result = self._together(calls, lambda: run(restriction, chain, attempt, init_loss))
+        result = self._together(calls, lambda: run(*args, **kwargs))
         result["extra"]["rank_pids"] = [os.getpid(), *self._follower_pids]
         return result
 

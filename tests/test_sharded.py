@@ -24,7 +24,7 @@ from cluster.events import parse_lines
 pytestmark = pytest.mark.slow
 
 SAMPLER = {"chains": 4, "draws": 30, "burn_in": 0, "step_size": 1e-3, "nbeta": 10.0, "gamma": 100.0,
-           "fetch_every": 10, "seed": 3}
+           "fetch_every": 10, "seed": 3, "init_loss": "full"}
 RESTRICTIONS = [{"name": "full"}, {"name": "head", "weights": [{"kind": "head", "layer": 0, "head": 1}]},
                 {"name": "layer1", "weights": [{"kind": "layer", "layer": 1}]}]
 
@@ -127,11 +127,15 @@ def test_noise_on_llc_agrees_within_its_error_bar(pair):
     group, single, key, _ = pair
     init_sharded, init_single = ray.get(group.init_loss.remote(key)), single.init_loss(key)
     chains = range(SAMPLER["chains"])
-    sharded = np.array([ray.get(group.run_chain.remote(0, c, 1, init_sharded))["llc"] for c in chains])
+    runs = [ray.get(group.run_chain.remote(0, c, 1, init_sharded)) for c in chains]
+    sharded = np.array([r["llc"] for r in runs])
+    assert runs[0]["loss_trace"] != runs[0]["init_trace"], runs[0]
     reference = np.array([single.run_chain(0, c, 1, init_single)["llc"] for c in chains])
     assert np.isfinite(sharded).all() and not np.array_equal(sharded, reference)  # other noise streams
     error = np.sqrt(sharded.var(ddof=1) / len(sharded) + reference.var(ddof=1) / len(reference))
     assert abs(sharded.mean() - reference.mean()) < 3 * error, (sharded, reference)
+    paired = ray.get(group.run_chain.remote(0, 0, 1, None))  # L_m(w*) on each draw's own batch
+    assert paired["status"] == "succeeded" and paired["llc"] != 0 and paired["loss_trace"] != paired["init_trace"]
 
 
 # -- whole jobs ------------------------------------------------------------------

@@ -188,6 +188,10 @@ class ShardedChains:
         1/world share of the rows. `init_loss` None pairs each draw with L_m(w*) on its own batch.
         The weights are back at w* afterwards. Tests only: `noise=False` drops ξ, `record_moves`
         keeps this rank's final w - w* in `self.moves`."""
+        auto = [f for f in ("step_size", "nbeta", "burn_in") if getattr(config, f) == "auto"]
+        if auto:
+            raise ConfigError(auto[0], "a sharded chain runs with numbers the driver has chosen; resolve the "
+                                       "automatic settings first (cluster.engine.calibrate)")
         for group in self.optimizer.param_groups:
             group.update(lr=config.step_size, nbeta=config.nbeta, gamma=config.gamma,
                          preconditioner="rmsprop" if config.method == "rmsprop_sgld" else "none",
@@ -242,7 +246,7 @@ class ShardedChains:
                                                _llc(fetched[:steps_done], reference, is_draw, config)))
         finally:
             if record_moves:
-                self.moves = [m - a for m, a in self.optimizer.anchor_pairs()]
+                self.moves = [m.detach() - a for m, a in self.optimizer.anchor_pairs()]
             self._restore_anchor()
         mala = None
         if log_accept is not None:
