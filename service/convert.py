@@ -172,7 +172,8 @@ def chain_from_dict(c: dict[str, Any]) -> pb.Chain:
                     state=CHAIN_STATES.get(c.get("status", ""), pb.CHAIN_STATE_UNSPECIFIED),
                     loss_trace=[_num(x) for x in c.get("loss_trace") or []],
                     mala_acceptance=_num(c.get("mala_acceptance")), frac_below_init=_num(c.get("frac_below_init")),
-                    steps=int(c.get("steps") or 0), message=c.get("message") or "", attempts=int(c.get("attempts") or 0))
+                    steps=int(c.get("steps") or 0), message=c.get("message") or "", attempts=int(c.get("attempts") or 0),
+                    gradient_noise=_num(c.get("gradient_noise")), equipartition=_num(c.get("equipartition")))
 
 
 def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
@@ -184,6 +185,9 @@ def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
                                    mala_acceptance=_num(diag.get("mala_acceptance")),
                                    frac_below_init=_num(diag.get("frac_below_init")),
                                    diverged_chains=[int(i) for i in diag.get("diverged_chains") or []],
+                                   failed_chains=[int(i) for i in diag.get("failed_chains") or []],
+                                   init_loss_offset=_num((diag.get("init_loss_offset") or {}).get("offset")),
+                                   init_loss_offset_se=_num((diag.get("init_loss_offset") or {}).get("se")),
                                    **{k: _num(diag.get(k)) for k in ("ess_tail", "trend_t", "llc_sem", "llc_half_width",
                                                                      "gradient_noise", "equipartition")}),
         warnings=list(r.get("warnings") or []), chains=[chain_from_dict(c) for c in r.get("chains") or []],

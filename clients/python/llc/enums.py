@@ -11,18 +11,19 @@ import re
 from typing import Any
 
 
-def _prefix(enum_name: str) -> str:
+def prefix(enum_name: str) -> str:
+    """The buf-style prefix of an enum's values: SelectorKind -> SELECTOR_KIND_."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_name).upper() + "_"
 
 
 def values(enum: Any, *, upper: bool = False) -> dict[str, int]:
     """Short name → number for every value but the zero UNSPECIFIED one."""
     descriptor = enum.DESCRIPTOR
-    prefix = _prefix(descriptor.name)
+    start = prefix(descriptor.name)
     table = {}
     for v in descriptor.values:
         if v.number:
-            short = v.name.removeprefix(prefix)
+            short = v.name.removeprefix(start)
             table[short if upper else short.lower()] = v.number
     return table
 

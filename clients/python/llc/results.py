@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from llc import enums
 from llc.v1 import llc_pb2 as pb
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -42,6 +43,17 @@ class _Doc:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
+def _proto_fields(m) -> dict[str, Any]:
+    """Every field of a flat message by name: repeated fields as lists, enums by short name."""
+    out: dict[str, Any] = {}
+    for f in m.DESCRIPTOR.fields:
+        value = getattr(m, f.name)
+        if f.enum_type is not None:
+            value = f.enum_type.values_by_number[value].name.removeprefix(enums.prefix(f.enum_type.name))
+        out[f.name] = list(value) if f.is_repeated else value
+    return out
+
+
 @dataclass
 class Chain(_Doc):
     chain: int
@@ -54,20 +66,36 @@ class Chain(_Doc):
     steps: int
     message: str
     attempts: int
+    gradient_noise: float = math.nan
+    equipartition: float = math.nan
 
     @classmethod
     def from_proto(cls, m: pb.Chain) -> "Chain":
-        return cls(m.chain, m.seed, m.llc, _state_name(pb.ChainState, m.state, "CHAIN_STATE_"), list(m.loss_trace),
-                   m.mala_acceptance, m.frac_below_init, m.steps, m.message, m.attempts)
+        return cls(**_proto_fields(m))
 
 
 @dataclass
 class Diagnostics(_Doc):
+    """The proto's Diagnostics field for field (tests/test_contract_parity.py keeps them equal)."""
+
     rhat: float
     ess: float
     mala_acceptance: float
     frac_below_init: float
     diverged_chains: list[int]
+    ess_tail: float = math.nan
+    trend_t: float = math.nan
+    llc_sem: float = math.nan
+    llc_half_width: float = math.nan
+    gradient_noise: float = math.nan
+    equipartition: float = math.nan
+    failed_chains: list[int] = field(default_factory=list)
+    init_loss_offset: float = math.nan
+    init_loss_offset_se: float = math.nan
+
+    @classmethod
+    def from_proto(cls, m: pb.Diagnostics) -> "Diagnostics":
+        return cls(**_proto_fields(m))
 
 
 @dataclass
@@ -91,7 +119,7 @@ class RestrictionResult(_Doc):
     def from_proto(cls, m: pb.RestrictionResult) -> "RestrictionResult":
         d = m.diagnostics
         return cls(m.name, m.llc_mean, m.llc_std, list(m.llc_per_chain), m.init_loss,
-                   Diagnostics(d.rhat, d.ess, d.mala_acceptance, d.frac_below_init, list(d.diverged_chains)),
+                   Diagnostics.from_proto(d),
                    list(m.warnings), [Chain.from_proto(c) for c in m.chains],
                    [{"name": t.name, "shape": list(t.shape), "elements": t.elements} for t in m.moved_tensors],
                    m.moved_elements, _struct(m.config), message_dict(m.calibration))

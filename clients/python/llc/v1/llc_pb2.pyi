@@ -387,7 +387,7 @@ class Estimate(_message.Message):
     def __init__(self, estimate_id: _Optional[str] = ..., request_id: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[EstimateState, str]] = ..., spec: _Optional[_Union[EstimateSpec, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[EstimateProgress, _Mapping]] = ..., result: _Optional[_Union[EstimateResult, _Mapping]] = ..., error: _Optional[_Union[EstimateError, _Mapping]] = ..., last_seq: _Optional[int] = ..., ray_submission_id: _Optional[str] = ...) -> None: ...
 
 class Chain(_message.Message):
-    __slots__ = ("chain", "seed", "llc", "state", "loss_trace", "mala_acceptance", "frac_below_init", "steps", "message", "attempts")
+    __slots__ = ("chain", "seed", "llc", "state", "loss_trace", "mala_acceptance", "frac_below_init", "steps", "message", "attempts", "gradient_noise", "equipartition")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LLC_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +398,8 @@ class Chain(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NOISE_FIELD_NUMBER: _ClassVar[int]
+    EQUIPARTITION_FIELD_NUMBER: _ClassVar[int]
     chain: int
     seed: int
     llc: float
@@ -408,10 +410,12 @@ class Chain(_message.Message):
     steps: int
     message: str
     attempts: int
-    def __init__(self, chain: _Optional[int] = ..., seed: _Optional[int] = ..., llc: _Optional[float] = ..., state: _Optional[_Union[ChainState, str]] = ..., loss_trace: _Optional[_Iterable[float]] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., steps: _Optional[int] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    gradient_noise: float
+    equipartition: float
+    def __init__(self, chain: _Optional[int] = ..., seed: _Optional[int] = ..., llc: _Optional[float] = ..., state: _Optional[_Union[ChainState, str]] = ..., loss_trace: _Optional[_Iterable[float]] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., steps: _Optional[int] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., gradient_noise: _Optional[float] = ..., equipartition: _Optional[float] = ...) -> None: ...
 
 class Diagnostics(_message.Message):
-    __slots__ = ("rhat", "ess", "mala_acceptance", "frac_below_init", "diverged_chains", "ess_tail", "trend_t", "llc_sem", "llc_half_width", "gradient_noise", "equipartition")
+    __slots__ = ("rhat", "ess", "mala_acceptance", "frac_below_init", "diverged_chains", "ess_tail", "trend_t", "llc_sem", "llc_half_width", "gradient_noise", "equipartition", "failed_chains", "init_loss_offset", "init_loss_offset_se")
     RHAT_FIELD_NUMBER: _ClassVar[int]
     ESS_FIELD_NUMBER: _ClassVar[int]
     MALA_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -423,6 +427,9 @@ class Diagnostics(_message.Message):
     LLC_HALF_WIDTH_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_NOISE_FIELD_NUMBER: _ClassVar[int]
     EQUIPARTITION_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHAINS_FIELD_NUMBER: _ClassVar[int]
+    INIT_LOSS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    INIT_LOSS_OFFSET_SE_FIELD_NUMBER: _ClassVar[int]
     rhat: float
     ess: float
     mala_acceptance: float
@@ -434,7 +441,10 @@ class Diagnostics(_message.Message):
     llc_half_width: float
     gradient_noise: float
     equipartition: float
-    def __init__(self, rhat: _Optional[float] = ..., ess: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., diverged_chains: _Optional[_Iterable[int]] = ..., ess_tail: _Optional[float] = ..., trend_t: _Optional[float] = ..., llc_sem: _Optional[float] = ..., llc_half_width: _Optional[float] = ..., gradient_noise: _Optional[float] = ..., equipartition: _Optional[float] = ...) -> None: ...
+    failed_chains: _containers.RepeatedScalarFieldContainer[int]
+    init_loss_offset: float
+    init_loss_offset_se: float
+    def __init__(self, rhat: _Optional[float] = ..., ess: _Optional[float] = ..., mala_acceptance: _Optional[float] = ..., frac_below_init: _Optional[float] = ..., diverged_chains: _Optional[_Iterable[int]] = ..., ess_tail: _Optional[float] = ..., trend_t: _Optional[float] = ..., llc_sem: _Optional[float] = ..., llc_half_width: _Optional[float] = ..., gradient_noise: _Optional[float] = ..., equipartition: _Optional[float] = ..., failed_chains: _Optional[_Iterable[int]] = ..., init_loss_offset: _Optional[float] = ..., init_loss_offset_se: _Optional[float] = ...) -> None: ...
 
 class Pilot(_message.Message):
     __slots__ = ("step_size", "llc", "mala_acceptance", "gradient_noise", "trend_t", "verdict", "why", "chosen")
