@@ -30,7 +30,7 @@ print(f"[demo] trained the tiny model: loss {train_tiny_lm(sys.argv[1], sys.argv
 """
 
 
-def main(*, chains: int = 2, draws: int = 600, workdir: str = "", num_cpus: int = 2, json_out: str = "") -> int:
+def main(*, chains: int = 2, draws: int = 3000, workdir: str = "", num_cpus: int = 2, json_out: str = "") -> int:
     from llc import Client
 
     t0 = time.monotonic()

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common], help="the whole path offline: local Ray, server, tiny model, estimate")
     d.add_argument("--chains", type=int, default=2)
-    d.add_argument("--draws", type=int, default=600, help="per chain; the ε pilots get a third of the chains' steps")
+    d.add_argument("--draws", type=int, default=3000, help="per chain; the ε pilots get a third of the chains' steps")
     d.add_argument("--num-cpus", type=int, default=2)
     d.add_argument("--workdir", help="keep the model, data and job store here (default: a temporary directory)")
     d.add_argument("--json-out", help="also write the result document here")
