@@ -40,7 +40,9 @@ def main(*, chains: int = 2, draws: int = 3000, workdir: str = "", num_cpus: int
     subprocess.run([sys.executable, "-c", MAKE_MODEL, model, data, other], check=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     print(f"[demo] starting a local Ray cluster ({num_cpus} CPUs)", flush=True)
-    head = start_head(num_cpus=num_cpus)
+    # Like `llc serve`'s embedded Ray: every port on 127.0.0.1, and Ray's token auth.
+    head = start_head(num_cpus=num_cpus, joinable=False, auth=True)
+    os.environ.update(head.auth_env())  # the server's Ray job client reads the token from here
     server = None
     try:
         server = BackgroundServer(ServerConfig(address="127.0.0.1:0", store_url=os.path.join(work, "jobs.sqlite"),
