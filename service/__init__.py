@@ -8,5 +8,6 @@ streams its progress and stores its result. Never imports torch (tests check it)
     runner.py        submits to Ray's job API, follows logs, drives the job state machine
     states.py        QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED
     store/           jobs and events in SQLite (default) or PostgreSQL
-    serve.py         `llc serve`; demo.py: `llc demo`
+    cli.py           `llc-server serve|demo` (also `llc serve|demo`, through an entry point)
+    serve.py         the embedded default or a joined cluster; demo.py: the demo
 """

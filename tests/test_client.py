@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_sdk_imports_with_only_grpcio_and_protobuf(tmp_path):
     """Runs `import llc, llc.cli` in an isolated interpreter whose path holds only grpc,
-    protobuf (google/), typing_extensions and the client package."""
+    protobuf (google/), typing_extensions and the client package; `llc serve` there says what to
+    install, and nothing imports the server package."""
     sp = Path(site.getsitepackages()[0])
     only = tmp_path / "site"
     only.mkdir()
@@ -32,6 +33,11 @@ def test_sdk_imports_with_only_grpcio_and_protobuf(tmp_path):
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "import llc, llc.cli, llc.client, llc.results, llc.requests, llc.progress, llc.plots\n"
             "from llc import Client\n"
+            "import contextlib, io\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    code = llc.cli.main(['serve', '--listen', '127.0.0.1:0'])\n"
+            "assert code == 2 and 'needs the server package' in err.getvalue(), (code, err.getvalue())\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'transformers', 'numpy', "
             "'pandas', 'matplotlib', 'tqdm', 'service', 'cluster'})\n"
             "assert not heavy, heavy\n"

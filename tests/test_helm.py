@@ -209,6 +209,7 @@ def test_the_front_end_submits_to_the_heads_job_api(helm, tmp_path, monkeypatch)
 def test_llc_serve_reads_every_setting_the_chart_gives_it(helm, tmp_path, monkeypatch, variant):
     """The container's command line and environment, parsed by the real `llc serve` parser."""
     import llc.cli
+    import service.cli
 
     values = {**VARIANTS[variant], "frontend": {**VARIANTS[variant].get("frontend", {}), "limits": {"maxChains": 64}}}
     if variant == "everything":
@@ -221,7 +222,7 @@ def test_llc_serve_reads_every_setting_the_chart_gives_it(helm, tmp_path, monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args = llc.cli.build_parser().parse_args(container["command"][1:] + container["args"])
-    assert args.func is llc.cli.cmd_serve and args.max_chains == 64
+    assert args.func is service.cli.cmd_serve and args.max_chains == 64
     assert (args.listen, args.store, args.token) == (env["LLC_LISTEN"], env["LLC_STORE"], env["LLC_TOKEN"])
     if variant == "default":
         assert args.store == "/var/lib/llc/llc-jobs.sqlite" and args.no_check_local_paths is True
@@ -233,7 +234,7 @@ def test_llc_serve_reads_every_setting_the_chart_gives_it(helm, tmp_path, monkey
         assert args.driver_python == "/usr/local/bin/python3"
         assert args.tokens_file == "/etc/llc/tokens/tokens.yaml"
     # No variable the CLI does not know (a misspelt name would be silently ignored).
-    cli_source = Path(llc.cli.__file__).read_text()
+    cli_source = Path(llc.cli.__file__).read_text() + Path(service.cli.__file__).read_text()
     unknown = [n for n in env if n.startswith("LLC_") and f'"{n}"' not in cli_source]
     assert unknown == [], f"the chart sets {unknown}, which `llc serve` does not read"
 

@@ -1,4 +1,5 @@
-"""The `llc` command: serve, estimate, preview, jobs, get, watch, cancel, demo. `--json` everywhere.
+"""The `llc` command: estimate, preview, jobs, get, watch, cancel (+ serve, demo from the server
+package when installed). `--json` everywhere.
 
     llc serve                                   # local Ray + SQLite on 127.0.0.1:50051
     llc estimate --model ./tiny --dataset train.jsonl --restrict head0=head:0.0 --draws 200
@@ -40,45 +41,6 @@ def _estimate_line(e) -> str:
 
 
 # ------------------------------------------------------------------ commands
-def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from service import serve
-    except ImportError as exc:
-        print(f"error: `llc serve` needs the server package (llc-service, with Ray): {exc}. Install the repository "
-              "with `pip install -e .` (scripts/setup) or run the server elsewhere and point the client at it.",
-              file=sys.stderr)
-        return 2
-    settings = {k: v for k, v in dict(address=args.listen, store_url=args.store, store_schema=args.store_schema,
-                                      token=args.token or "", tokens_file=args.tokens_file,
-                                      tls_cert=args.tls_cert, tls_key=args.tls_key, max_chains=args.max_chains,
-                                      max_total_draws=args.max_total_draws, max_request_bytes=args.max_request_bytes,
-                                      max_active_per_client=args.max_active_per_client,
-                                      driver_python=args.driver_python,
-                                      check_local_paths=not args.no_check_local_paths,
-                                      allow_remote_code=args.allow_remote_code,
-                                      allowed_roots=None if args.allow_path is None else tuple(args.allow_path),
-                                      default_timeout_s=args.default_timeout,
-                                      preview_timeout_s=args.preview_timeout).items() if v not in (None, "")}
-    try:
-        serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, stop=args.stop, **settings)
-    except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
-        if not (hasattr(exc, "code") and hasattr(exc, "message")):
-            raise
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from service import demo
-    except ImportError as exc:
-        print(f"error: `llc demo` needs the server package (pip install -e . in the repository): {exc}", file=sys.stderr)
-        return 2
-    return demo.main(chains=args.chains, draws=args.draws, workdir=args.workdir or "", num_cpus=args.num_cpus,
-                     json_out=args.json_out or "")
-
-
 SAMPLER_FLAGS = ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed", "method",
                  "init_loss", "dtype", "gpus_per_chain", "cpus_per_chain", "batch_size", "context_length",
                  "max_examples", "text_column")
@@ -206,14 +168,39 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_server_commands(sub, common: argparse.ArgumentParser) -> None:
+    """`llc serve` and `llc demo` come from the server package (llc-service) through the entry point
+    group `llc.commands`, so the SDK never imports it; without it they say what to install."""
+    from importlib.metadata import entry_points
+
+    why = "the server package (llc-service, with Ray), which is not installed"
+    for ep in entry_points(group="llc.commands"):
+        try:
+            ep.load()(sub, common)
+            return
+        except ImportError as exc:  # installed but broken: say so when used, not on every command
+            why = f"the server package, which failed to import ({exc})"
+
+    for name in ("serve", "demo"):  # any arguments: the answer is the same
+        p = sub.add_parser(name, help="(needs the server package)", add_help=False)
+        p.set_defaults(func=_needs_server, why=why)
+
+
+def _needs_server(args: argparse.Namespace) -> int:
+    print(f"error: `llc {args.command}` needs {args.why}. Install the repository with `pip install -e .` "
+          "(scripts/setup), or run the server elsewhere and point the client at it.", file=sys.stderr)
+    return 2
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every command takes (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=os.environ.get("LLC_ADDRESS", DEFAULT_ADDRESS),
                         help="server host:port (default $LLC_ADDRESS or %(default)s)")
@@ -221,66 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
     common.add_argument("--root-cert", help="PEM file of the server's CA (implies --tls)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
 
     parser = argparse.ArgumentParser(prog="llc", description="Local learning coefficient estimation service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", parents=[common], help="run the server (local Ray + SQLite by default)")
-    s.add_argument("--listen", default=os.environ.get("LLC_LISTEN", DEFAULT_ADDRESS), help="host:port to serve on")
-    s.add_argument("--store", default=os.environ.get("LLC_STORE", "llc-jobs.sqlite"),
-                   help="SQLite file or postgresql://user@host:5432/db (default %(default)s)")
-    s.add_argument("--store-schema", default=os.environ.get("LLC_STORE_SCHEMA"),
-                   help="PostgreSQL schema of the job tables (default llc)")
-    s.add_argument("--ray-dashboard", help="join this Ray cluster's job API (http://host:8265); default: "
-                   "$RAY_DASHBOARD_ADDRESS, $RAY_ADDRESS, else start a local Ray cluster")
-    s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
-    s.add_argument("--stop", action="store_true",
-                   help="stop the local Ray cluster that an earlier server on this --store left running for "
-                        "unfinished estimates (they are cancelled), then exit")
-    s.add_argument("--driver-python", default=os.environ.get("LLC_DRIVER_PYTHON"),
-                   help="interpreter that runs `-m cluster.driver` on the Ray head (default: this one)")
-    s.add_argument("--no-check-local-paths", action="store_true",
-                   default=os.environ.get("LLC_CHECK_LOCAL_PATHS", "1") == "0",
-                   help="do not check that local model/data paths exist here (the cluster has other files)")
-    s.add_argument("--tokens-file", default=os.environ.get("LLC_TOKENS_FILE"),
-                   help="YAML/JSON file mapping bearer tokens to {principal, role: user|admin}: principals see "
-                        "only their own estimates, admins every one (default $LLC_TOKENS_FILE)")
-    s.add_argument("--tls-cert")
-    s.add_argument("--tls-key")
-    s.add_argument("--max-chains", type=int)
-    s.add_argument("--max-total-draws", type=int)
-    s.add_argument("--max-request-bytes", type=int)
-    s.add_argument("--max-active-per-client", type=int)
-    roots = os.environ.get("LLC_ALLOWED_ROOTS")  # ':'-separated; set but empty = no local paths at all
-    s.add_argument("--allow-path", action="append", metavar="DIR",
-                   default=None if roots is None else [r for r in roots.split(os.pathsep) if r],
-                   help="a directory clients may name local models and data under (repeatable, added to "
-                        "$LLC_ALLOWED_ROOTS; symlinks are resolved first); default: the working directory")
-    s.add_argument("--allow-remote-code", action="store_true",
-                   help="accept model.trust_remote_code: the model repository's own Python then runs on the "
-                        "cluster as the server's user (off: PERMISSION_DENIED)")
-    s.add_argument("--default-timeout", type=_positive_float, metavar="SECONDS",
-                   help="job timeout of estimates that set no compute.timeout_s (default 86400)")
-    s.add_argument("--preview-timeout", type=_positive_float, metavar="SECONDS",
-                   help="PreviewRestrictions answers DEADLINE_EXCEEDED after this (default 300)")
-    s.set_defaults(func=cmd_serve)
-
-    d = sub.add_parser("demo", parents=[common], help="the whole path offline: local Ray, server, tiny model, estimate")
-    d.add_argument("--chains", type=int, default=2)
-    d.add_argument("--draws", type=int, default=3000, help="per chain; the ε pilots get a third of the chains' steps")
-    d.add_argument("--num-cpus", type=int, default=2)
-    d.add_argument("--workdir", help="keep the model, data and job store here (default: a temporary directory)")
-    d.add_argument("--json-out", help="also write the result document here")
-    d.set_defaults(func=cmd_demo)
+    _add_server_commands(sub, common)
 
     e = sub.add_parser("estimate", parents=[common], help="submit an estimate and follow it to the result")
     e.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-14m) or a local directory")
     e.add_argument("--dataset", required=True, help="hub id or a local jsonl/json/parquet/text/csv file")
     e.add_argument("--restrict", action="append", metavar="NAME=SEL[+SEL][@DATASET]", help=RESTRICTION_SYNTAX)
-    for name, kind in (("step_size", _positive_float), ("nbeta", _positive_float), ("gamma", _positive_float),
+    for name, kind in (("step_size", positive_float), ("nbeta", positive_float), ("gamma", positive_float),
                        ("chains", int), ("burn_in", int), ("draws", int), ("steps_between_draws", int), ("seed", int),
-                       ("method", str), ("init_loss", str), ("dtype", str), ("gpus_per_chain", _positive_float),
-                       ("cpus_per_chain", _positive_float), ("batch_size", int), ("context_length", int),
+                       ("method", str), ("init_loss", str), ("dtype", str), ("gpus_per_chain", positive_float),
+                       ("cpus_per_chain", positive_float), ("batch_size", int), ("context_length", int),
                        ("max_examples", int), ("text_column", str)):
         e.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     e.add_argument("--request-id", help="idempotency key: resubmitting with it returns the same estimate")
@@ -315,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not _needs_server:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "root_cert", None):
         args.tls = True
     try:
