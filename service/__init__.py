@@ -1,7 +1,8 @@
 """The llc.v1 front end: validates requests, persists jobs, runs each estimate as a Ray job,
 streams its progress and stores its result. Never imports torch (tests check it).
 
-    server.py        LLCServer / BackgroundServer: gRPC server, health, reflection, TLS
+    server.py        LLCServer / BackgroundServer: gRPC server, health, TLS
+    reflection.py    server reflection as grpc.reflection.v1 and v1alpha
     servicer.py      the LLCService RPCs (raise domain errors)
     interceptors.py  bearer-token auth; domain errors → status codes (with errors.py)
     convert.py       llc.v1 messages ↔ job spec and result document

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from llc.v1 import llc_pb2, llc_pb2_grpc
 
 from cluster.errors import Unavailable
 from service.config import ServerConfig
 from service.interceptors import AuthInterceptor, ErrorInterceptor
+from service import reflection
 from service.notify import JobNotifier
 from service.runner import RayJobRunner, RunnerConfig
 from service.servicer import LLCServicer
@@ -63,7 +63,7 @@ class LLCServer:
         llc_pb2_grpc.add_LLCServiceServicer_to_server(LLCServicer(c, self.store, self._runner, notifier), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        reflection.enable(self._server, (SERVICE_NAME, health.SERVICE_NAME))
         try:
             if c.tls_cert:
                 with open(c.tls_key, "rb") as key, open(c.tls_cert, "rb") as cert:

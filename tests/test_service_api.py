@@ -246,6 +246,19 @@ def test_health_and_reflection(server, stub):
     with grpc.insecure_channel(server.address) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"llc.v1.LLCService", "grpc.health.v1.Health"} <= services
+    # grpc.reflection.v1 too (current grpcurl asks it first): the same messages under another name.
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    with grpc.insecure_channel(server.address) as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=r.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=r.ServerReflectionResponse.FromString)
+        listed, symbol = info(iter([r.ServerReflectionRequest(list_services=""),
+                                    r.ServerReflectionRequest(file_containing_symbol="llc.v1.LLCService")]), timeout=10)
+    v1_services = {s.name for s in listed.list_services_response.service}
+    assert {"llc.v1.LLCService", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} \
+        <= v1_services
+    assert symbol.file_descriptor_response.file_descriptor_proto, symbol
 
 
 def test_with_a_token_unauthenticated_calls_are_refused(make_server):
