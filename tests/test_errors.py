@@ -83,8 +83,9 @@ def test_non_finite_loss_at_w_star_is_invalid_argument_not_dead_workers(ray_head
     config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "jobs.sqlite"),
                           ray_dashboard_url=ray_head.dashboard_url)
     with BackgroundServer(config) as server, Client(server.address) as client:
+        # init_loss full: L(w*) is computed up front, on a worker, where the non-finite loss is found
         est = client.submit(str(broken), str(text_jsonl), chains=2, draws=5, context_length=16, batch_size=4,
-                            step_size=1e-3)
+                            step_size=1e-3, nbeta=10.0, init_loss="full")
         final = client.wait(est.id, timeout=240)
     assert final.state == "FAILED", final
     assert final.error_code == "INVALID_ARGUMENT", (final.error_code, final.error_message)

@@ -29,7 +29,7 @@ def job_spec(model_dir, data_file, job_id: str, *, draws: int = 400, restriction
         "job_id": job_id,
         "model": {"local_path": str(model_dir)},
         "dataset": {"files": [str(data_file)], "context_length": 16},
-        "sampler": {"chains": CHAINS, "draws": draws, "step_size": 1e-4, "nbeta": 10.0, "gamma": 100.0,
+        "sampler": {"chains": CHAINS, "draws": draws, "burn_in": 0, "step_size": 1e-4, "nbeta": 10.0, "gamma": 100.0,
                     "fetch_every": 25, "seed": 11},
         "restrictions": restrictions or [{"name": "full"}],
         "batch_size": 8,
