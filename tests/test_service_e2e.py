@@ -121,7 +121,8 @@ def test_cli_estimate_prints_json_and_saves_plots(serve, model_and_data, tmp_pat
     assert code == 0, out
     doc = json.loads(out)
     assert doc["restrictions"][0]["name"] == "head0" and len(doc["restrictions"][0]["llc_per_chain"]) == 2
-    assert sorted(p.name.split("-", 2)[-1] for p in (tmp_path / "plots").iterdir()) == ["llc.png", "loss-traces.png"]
+    assert sorted(p.name.split("-", 2)[-1] for p in (tmp_path / "plots").iterdir()) == [
+        "calibration.png", "llc.png", "loss-traces.png"]
     # `llc watch --json` replays the finished estimate: one JSON event per line, the terminal snapshot last.
     assert cli(["watch", doc["estimate_id"], "--address", server.address, "--json", "--after-seq", "-1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
