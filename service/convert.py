@@ -21,10 +21,9 @@ INIT_LOSS = enums.names(pb.InitLossMode)
 CHAIN_STATES = enums.values(pb.ChainState)
 JOB_STATES = {JobState(name): number for name, number in enums.values(pb.EstimateState, upper=True).items()}
 PROTO_JOB_STATES = {v: k for k, v in JOB_STATES.items()}
-
-
-def _invert(table: dict) -> dict:
-    return {v: k for k, v in table.items()}
+# The other way (spec → message echo), from the same descriptors.
+DTYPE_VALUES, SELECTOR_KIND_VALUES = enums.values(pb.Dtype), enums.values(pb.SelectorKind)
+METHOD_VALUES, INIT_LOSS_VALUES = enums.values(pb.SamplerMethod), enums.values(pb.InitLossMode)
 
 
 def _enum(table: dict, value: int, out: dict, key: str, field: str) -> None:
@@ -119,12 +118,12 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
         spec.model.hub_id = m["hub_id"]
     elif m.get("local_path"):
         spec.model.local_path = m["local_path"]
-    spec.model.dtype = _invert(DTYPES).get(m.get("dtype", ""), 0)
+    spec.model.dtype = DTYPE_VALUES.get(m.get("dtype", ""), 0)
     dataset_from_dict(d.get("dataset") or {}, spec.dataset)
     for r in d.get("restrictions") or []:
         rm = spec.restrictions.add(name=r.get("name", ""))
         for w in r.get("weights") or []:
-            wm = rm.weights.add(kind=_invert(SELECTOR_KINDS).get(w.get("kind", "pattern"), 0), pattern=w.get("pattern", ""))
+            wm = rm.weights.add(kind=SELECTOR_KIND_VALUES.get(w.get("kind", "pattern"), 0), pattern=w.get("pattern", ""))
             if w.get("layer", -1) >= 0:
                 wm.layer = w["layer"]
             if w.get("head", -1) >= 0:
@@ -135,9 +134,9 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
     _set(spec.sampler, s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
                            "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every",
                            "calibration_budget"))
-    spec.sampler.method = _invert(METHODS).get(s.get("method", ""), 0)
-    spec.sampler.init_loss = _invert(INIT_LOSS).get(s.get("init_loss", ""), 0)
-    spec.sampler.dtype = _invert(DTYPES).get(s.get("dtype", ""), 0)
+    spec.sampler.method = METHOD_VALUES.get(s.get("method", ""), 0)
+    spec.sampler.init_loss = INIT_LOSS_VALUES.get(s.get("init_loss", ""), 0)
+    spec.sampler.dtype = DTYPE_VALUES.get(s.get("dtype", ""), 0)
     _set(spec.compute, d.get("compute") or {}, _COMPUTE_FIELDS)
     if "batch_size" in d:
         spec.batch_size = d["batch_size"]
