@@ -202,8 +202,15 @@ def test_cancel_stops_every_chain_and_frees_the_cluster(ray_nodes, tiny_gpt2_dir
         time.sleep(0.3)
     from ray.util.state import list_tasks
 
-    running = list_tasks(address=ray_nodes.dashboard_url, filters=[("job_id", "=", job_id), ("state", "=", "RUNNING")])
-    assert running == []
+    # The state API records task ends asynchronously: a fire-and-forget progress post to the killed
+    # board can stay listed as RUNNING; what matters is that no process still runs any of them.
+    def still_running():
+        tasks = list_tasks(address=ray_nodes.dashboard_url, filters=[("job_id", "=", job_id), ("state", "=", "RUNNING")])
+        return [t for t in tasks if t.worker_pid is None or _process_alive(t.worker_pid)]
+
+    while running := still_running():
+        assert time.monotonic() < deadline, f"tasks still running 15 s after cancel: {running}"
+        time.sleep(0.3)
 
 
 def _process_alive(pid: int) -> bool:

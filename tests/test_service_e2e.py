@@ -210,7 +210,7 @@ def test_preview_reports_the_weights_each_restriction_moves(serve, ray_head, mod
             client.preview(model, data, restrictions=["none=pattern:no.such.weight.*"], context_length=16, timeout=180)
         assert info.value.code == "INVALID_ARGUMENT" and "no.such.weight" in info.value.message
         assert client.list() == []  # previews are not estimates
-    wait_for(lambda: not [j for j in ray_jobs_all(ray_head) if j.submission_id.startswith("llc-preview-")
+    wait_for(lambda: not [j for j in ray_jobs_all(ray_head) if (j.submission_id or "").startswith("llc-preview-")
                           and j.status not in ("STOPPED", "SUCCEEDED", "FAILED")], 60, "preview jobs to stop")
 
 
