@@ -11,7 +11,6 @@ A job loads its model once per worker process: `load_model_cached`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -20,12 +19,11 @@ from typing import Any
 
 import torch
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from cluster.errors import InvalidArgument, NotFound, PermissionDenied
 from cluster.spec import REMOTE_CODE_ENV, ModelRef
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-_HASH_LIMIT = 1 << 30  # hash local weight files in full up to this total size; beyond it, names and sizes
 
 
 @dataclass
@@ -38,53 +36,23 @@ class LoadedModel:
 
 
 def hub_offline() -> bool:
-    import huggingface_hub
+    from cluster.hub import hub_offline as offline
 
-    return huggingface_hub.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    return offline()
 
 
 def resolve_hub_commit(hub_id: str, revision: str, *, repo_type: str = "model") -> str:
-    """The commit hash of `revision` (branch, tag or hash; '' = default branch)."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    """The commit hash of `revision` (branch, tag or hash; '' = default branch): cluster.hub.resolve_commit."""
+    from cluster.hub import resolve_commit
 
-    what = f"{repo_type} {hub_id!r}" + (f" at revision {revision!r}" if revision else "")
-    local = "a local_path" if repo_type == "model" else "local files"
-    try:
-        if hub_offline():
-            # The cache maps refs to snapshots/<commit>; nothing is downloaded.
-            path = snapshot_download(hub_id, revision=revision or None, repo_type=repo_type, local_files_only=True)
-            return Path(path).name
-        info = HfApi().repo_info(hub_id, revision=revision or None, repo_type=repo_type)
-        return info.sha
-    except GatedRepoError:
-        raise FailedPrecondition(f"{what} is gated: accept its license on huggingface.co and set HF_TOKEN on the workers") from None
-    except RevisionNotFoundError:
-        raise NotFound(f"{what}: unknown revision; give an existing branch, tag or commit hash") from None
-    except RepositoryNotFoundError:
-        raise NotFound(f"{what} not found on the Hugging Face hub; check the id (owner/name) or set HF_TOKEN for a private repo") from None
-    except HFValidationError as exc:
-        raise InvalidArgument(f"{what}: {exc}") from None
-    except LocalEntryNotFoundError:
-        raise Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
-                          f"download it first, or give {local}") from None
-    except OSError as exc:  # connection errors (requests/httpx) derive from OSError
-        raise Unavailable(f"cannot reach the Hugging Face hub for {what}: {exc}; retry, or give {local}") from None
+    return resolve_commit(hub_id, revision, repo_type)
 
 
 def _local_hash(path: Path) -> str:
-    """Content hash of a model directory (weights in full when small, else names and sizes)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    total = sum(p.stat().st_size for p in files)
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path)).encode() + b"\0" + str(p.stat().st_size).encode())
-        if total <= _HASH_LIMIT or p.suffix == ".json":
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+    """Content hash of a model directory: cluster.hub.content_hash (config.json and weights, in full)."""
+    from cluster.hub import content_hash
+
+    return content_hash(path)
 
 
 def max_positions_of(config) -> int | None:

@@ -1,0 +1,141 @@
+"""The Hugging Face hub: revision → commit resolution and local checkpoint hashes.
+
+    commit = resolve_commit("EleutherAI/pythia-14m", "step1000")   # 40-hex commit sha
+    digest = content_hash("/ckpts/step1000")                       # sha256 of config + weights
+
+Everything goes through huggingface_hub itself, so HF_ENDPOINT, HF_TOKEN and
+HF_HUB_OFFLINE apply as huggingface_hub reads them (at its import: a process's
+environment, not a later os.environ change). Offline, refs resolve through the local
+cache (refs/<branch> → snapshots/<commit>) and nothing is downloaded.
+
+Errors are cluster.errors types whose messages say what to change:
+unknown repository or revision → NOT_FOUND (the message names the revision),
+gated or forbidden → PERMISSION_DENIED, hub unreachable or erroring (5xx), or offline
+without a cached copy → UNAVAILABLE, malformed id/revision → INVALID_ARGUMENT.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from cluster.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# What a checkpoint directory's content hash covers: its config and weights (not tokenizer
+# files, READMEs or optimizer state, which do not change the function the LLC is about).
+HASHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+HASHED_PATTERNS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+_CHUNK = 1 << 20
+
+
+def hub_offline() -> bool:
+    """huggingface_hub's offline mode (HF_HUB_OFFLINE, read at its import) or the variable now."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection/timeout errors (httpx2 or httpx: not OSError subclasses)."""
+    out: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        out.append(module.TransportError)
+    return tuple(out)
+
+
+def resolve_commit(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+    """The commit sha of `revision` (branch, tag or commit; None or '' = the default branch) of `repo_id`."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if repo_type not in ("model", "dataset"):
+        raise InvalidArgument(f"repo_type {repo_type!r}: give 'model' or 'dataset'")
+    revision = revision or None
+    kind = "dataset" if repo_type == "dataset" else "model"
+    what = f"{kind} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    local = "a local_path" if repo_type == "model" else "local files"
+    offline = hub_offline()
+    try:
+        if offline:
+            # The cache maps refs to snapshots/<commit>; nothing is downloaded.
+            path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, local_files_only=True)
+            return Path(path).name
+        api = HfApi()
+        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, revision=revision)
+        if not info.sha:
+            raise Unavailable(f"the hub did not report a commit for {what}; retry")
+        return info.sha
+    except GatedRepoError:  # before RepositoryNotFoundError, its base
+        raise PermissionDenied(f"{what} is gated: accept its conditions on the hub and set HF_TOKEN (with access "
+                               "to it) in the workers' environment, or give " + local) from None
+    except RevisionNotFoundError:
+        raise NotFound(f"{kind} {repo_id!r} has no revision {revision!r}: give an existing branch, tag or "
+                       "commit hash", field=f"{kind}.revision") from None
+    except RepositoryNotFoundError:
+        raise NotFound(f"{kind} {repo_id!r} not found on the hub ({_endpoint()}): check the id (owner/name); "
+                       "a private repository also needs HF_TOKEN in the workers' environment", field=f"{kind}.hub_id") from None
+    except DisabledRepoError:
+        raise PermissionDenied(f"{what} is disabled on the hub; use another repository or " + local) from None
+    except HFValidationError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    except LocalEntryNotFoundError:
+        raise Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
+                          f"download it first, or give {local}") from None
+    except OfflineModeIsEnabled:
+        raise Unavailable(f"{what}: the hub is offline (HF_HUB_OFFLINE=1) and this needs it; give {local}") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in (401, 403):
+            raise PermissionDenied(f"{what}: the hub refused access ({status}): set HF_TOKEN with access to it "
+                                   "in the workers' environment") from None
+        raise Unavailable(f"the hub ({_endpoint()}) failed for {what}: {_first_line(exc)}; retry, "
+                          f"or give {local}") from None
+    except _transport_errors() as exc:
+        raise Unavailable(f"cannot reach the Hugging Face hub ({_endpoint()}) for {what}: {_first_line(exc)}; "
+                          f"retry, or give {local}") from None
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def hashed_files(path: str | Path) -> list[Path]:
+    """The files of checkpoint directory `path` that content_hash covers, in hashing order."""
+    path = Path(path)
+    found = {path / name for name in HASHED_FILES if (path / name).is_file()}
+    for pattern in HASHED_PATTERNS:
+        found.update(p for p in path.glob(pattern) if p.is_file())
+    return sorted(found, key=lambda p: p.name)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 (hex) over a checkpoint directory's config.json and weight files: names, sizes and bytes,
+    streamed in 1 MiB chunks. Equal hashes mean the same architecture and the same weights."""
+    path = Path(path).expanduser()
+    files = hashed_files(path)
+    if not any(p.name != "config.json" for p in files):
+        raise NotFound(f"{str(path)!r} has no config.json and weights to hash; give a directory saved with "
+                       "save_pretrained")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+    return h.hexdigest()
