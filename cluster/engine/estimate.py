@@ -208,6 +208,7 @@ def estimate_llc(
     workers: int = 1,
     sample_size: int | None = None,
     memory: str = "standard",
+    observer: Any = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -234,6 +235,8 @@ def estimate_llc(
         memory: "standard", or "lean" for a bf16 model too large for fp32 master weights:
             bf16 weights, w* as loaded and the drift w - w* in fp32 (cluster.engine.lean;
             10 instead of 14 bytes per moving weight, no MALA estimate).
+        observer: a cluster.engine.observables.ObservableRecorder: records per-example losses of
+            its example sets every k-th draw of every main chain (not of calibration pilots).
 
     Settings left "auto" in `config` are chosen first (cluster.engine.calibrate):
     pilot chains over a grid of ε, then the main chains at the chosen ε. The result's
@@ -262,10 +265,10 @@ def estimate_llc(
         if mode == "full" and init_loss is None:
             init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
 
-        def run_all(cfg: SamplerConfig, which: list[int], report) -> list[ChainResult]:
+        def run_all(cfg: SamplerConfig, which: list[int], report, observe=None) -> list[ChainResult]:
             run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=cfg,
                                     init_loss=init_loss if mode == "full" else None, elements=elements,
-                                    progress=report, amp=amp, memory=memory)
+                                    progress=report, amp=amp, memory=memory, observer=observe)
             n = min(workers, len(which))
             return [run(model, moving, i) for i in which] if n == 1 else _run_concurrently(run, model, moving, which, n)
 
@@ -274,7 +277,7 @@ def estimate_llc(
             pilots = [c for k in range(len(plan.grid)) for c in run_all(plan.config_for(k), [k], None)]
             calibration = calibrate.choose(plan, pilots, init_loss if mode == "full" else None)
         config = calibrate.resolve(config, nbeta, calibration)
-        results = run_all(config, indices, progress)
+        results = run_all(config, indices, progress, observer)
     if mode == "paired":
         inits = [v for c in results for v in c.init_trace]
         init_loss = float(np.mean(inits)) if inits else float("nan")
@@ -325,7 +328,7 @@ def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> l
 
 
 def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
-               elements: int, progress, amp: str, memory: str = "standard") -> ChainResult:
+               elements: int, progress, amp: str, memory: str = "standard", observer=None) -> ChainResult:
     params = [p for _, p, _ in moving]
     device = params[0].device
     seed = chain_seed(config.seed, chain)
@@ -360,6 +363,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
     fetched_inits = np.zeros(total)
     stream = _batch_stream(batches, seed)
+    recorder = observer.chain(chain, draws=len(draw_steps), device=device, amp=amp) if observer is not None else None
     try:
         for t in range(total):
             batch = _to_device(next(stream), device)
@@ -367,6 +371,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 loss = loss_fn(model, batch)
             loss.backward()
             losses[t] = loss.detach()
+            if recorder is not None and is_draw[t]:  # observables at w_t (cluster.engine.observables)
+                recorder.on_draw(model)
             if is_paired[t]:
                 inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp)
             optimizer.step()
@@ -379,6 +385,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 block = slice(steps_done, t + 1)
                 fetched[block] = losses[block].cpu().numpy()
                 fetched_inits[block] = inits[block].cpu().numpy()
+                if recorder is not None:
+                    recorder.fetch()
                 steps_done = t + 1
                 status, message = _check_block(fetched[:steps_done], fetched_inits[:steps_done],
                                                is_paired[:steps_done], init_loss, blowup, block.start)
@@ -392,6 +400,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
             anchors = optimizer.anchors()
             if anchors:
                 torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
+    if recorder is not None:
+        recorder.close()
 
     fetched = fetched[:steps_done]
     fetched_inits = fetched_inits[:steps_done]
