@@ -102,15 +102,23 @@ def _load_raw(ref: DatasetRef) -> tuple[Any, dict]:
 
         source = snapshot_download(ref.hub_id, revision=commit, repo_type="dataset", local_files_only=True)
         revision = None
+    from cluster.hub import hub_error
+
     try:
         ds = datasets.load_dataset(source, ref.config or None, split=ref.split, revision=revision)
-    except datasets.exceptions.DatasetNotFoundError as exc:
-        raise NotFound(f"{what}: {exc}; check dataset.hub_id") from None
+    except datasets.exceptions.DatasetNotFoundError as exc:  # also gated (datasets wraps GatedRepoError)
+        raise hub_error(exc, ref.hub_id, ref.revision, "dataset") or NotFound(
+            f"{what}: {exc}; check dataset.hub_id") from None
     except ValueError as exc:
         # Unknown split or config: datasets lists the valid ones in the message.
         raise NotFound(f"{what}: {exc}; set dataset.split / dataset.config to one that exists") from None
     except ConnectionError as exc:
         raise Unavailable(f"{what}: cannot reach the hub: {exc}; retry, or give local files") from None
+    except Exception as exc:  # hub errors datasets lets through (httpx2's are no ConnectionError)
+        mapped = hub_error(exc, ref.hub_id, ref.revision, "dataset")
+        if mapped is None:
+            raise
+        raise mapped from None
     return ds, {"hub_id": ref.hub_id, "config": ref.config, "split": ref.split, "revision": ref.revision,
                 "commit": commit}
 

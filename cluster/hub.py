@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from cluster.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from cluster.errors import InvalidArgument, LLCError, NotFound, PermissionDenied, Unavailable
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # What a checkpoint directory's content hash covers: its config and weights (not tokenizer
@@ -40,7 +40,7 @@ def hub_offline() -> bool:
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """The HTTP client's connection/timeout errors (httpx2 or httpx: not OSError subclasses)."""
-    out: list[type[BaseException]] = [OSError]
+    out: list[type[BaseException]] = []
     for name in ("httpx2", "httpx"):
         try:
             module = __import__(name)
@@ -53,55 +53,106 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 def resolve_commit(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
     """The commit sha of `revision` (branch, tag or commit; None or '' = the default branch) of `repo_id`."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
-                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
 
     if repo_type not in ("model", "dataset"):
         raise InvalidArgument(f"repo_type {repo_type!r}: give 'model' or 'dataset'")
     revision = revision or None
-    kind = "dataset" if repo_type == "dataset" else "model"
-    what = f"{kind} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    what = f"{repo_type} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     local = "a local_path" if repo_type == "model" else "local files"
-    offline = hub_offline()
     try:
-        if offline:
+        if hub_offline():
             # The cache maps refs to snapshots/<commit>; nothing is downloaded.
             path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, local_files_only=True)
             return Path(path).name
         api = HfApi()
         info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, revision=revision)
-        if not info.sha:
-            raise Unavailable(f"the hub did not report a commit for {what}; retry")
-        return info.sha
-    except GatedRepoError:  # before RepositoryNotFoundError, its base
-        raise PermissionDenied(f"{what} is gated: accept its conditions on the hub and set HF_TOKEN (with access "
-                               "to it) in the workers' environment, or give " + local) from None
-    except RevisionNotFoundError:
-        raise NotFound(f"{kind} {repo_id!r} has no revision {revision!r}: give an existing branch, tag or "
-                       "commit hash", field=f"{kind}.revision") from None
-    except RepositoryNotFoundError:
-        raise NotFound(f"{kind} {repo_id!r} not found on the hub ({_endpoint()}): check the id (owner/name); "
-                       "a private repository also needs HF_TOKEN in the workers' environment", field=f"{kind}.hub_id") from None
-    except DisabledRepoError:
-        raise PermissionDenied(f"{what} is disabled on the hub; use another repository or " + local) from None
-    except HFValidationError as exc:
-        raise InvalidArgument(f"{what}: {exc}") from None
-    except LocalEntryNotFoundError:
-        raise Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
-                          f"download it first, or give {local}") from None
-    except OfflineModeIsEnabled:
-        raise Unavailable(f"{what}: the hub is offline (HF_HUB_OFFLINE=1) and this needs it; give {local}") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        if status in (401, 403):
-            raise PermissionDenied(f"{what}: the hub refused access ({status}): set HF_TOKEN with access to it "
-                                   "in the workers' environment") from None
-        raise Unavailable(f"the hub ({_endpoint()}) failed for {what}: {_first_line(exc)}; retry, "
-                          f"or give {local}") from None
-    except _transport_errors() as exc:
-        raise Unavailable(f"cannot reach the Hugging Face hub ({_endpoint()}) for {what}: {_first_line(exc)}; "
-                          f"retry, or give {local}") from None
+    except Exception as exc:
+        mapped = hub_error(exc, repo_id, revision, repo_type)
+        if mapped is None and isinstance(exc, OSError):  # e.g. a proxy or DNS failure outside the client
+            mapped = Unavailable(f"cannot reach the Hugging Face hub ({_endpoint()}) for {what}: "
+                                 f"{_first_line(exc)}; retry, or give {local}")
+        if mapped is None:
+            raise
+        raise mapped from None
+    if not info.sha:
+        raise Unavailable(f"the hub did not report a commit for {what}; retry")
+    _remember_ref(repo_id, repo_type, revision or "main", info.sha)
+    return info.sha
+
+
+def _remember_ref(repo_id: str, repo_type: str, revision: str, commit: str) -> None:
+    """Record revision → commit in the hub cache (refs/<revision>), as huggingface_hub does when it
+    downloads by branch name. Loaders download by the resolved commit, which records no ref, so
+    without this an offline run could not resolve a branch it had downloaded."""
+    if revision == commit:
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / revision
+    try:
+        if ref.is_file() and ref.read_text() == commit:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f"{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+    except OSError:  # a read-only cache: offline resolution of this ref stays the cache's business
+        pass
+
+
+def hub_error(exc: BaseException, repo_id: str, revision: str | None, repo_type: str = "model") -> LLCError | None:
+    """The domain error for a huggingface_hub failure `exc`, or for one that it wraps (transformers and
+    datasets re-raise hub errors as OSError/their own types `from` them); None when it is no hub error."""
+    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, HFValidationError,
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    kind = "dataset" if repo_type == "dataset" else "model"
+    what = f"{kind} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    local = "a local_path" if repo_type == "model" else "local files"
+    transport = _transport_errors()
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, GatedRepoError):  # before RepositoryNotFoundError, its base
+            return PermissionDenied(f"{what} is gated: accept its conditions on the hub and set HF_TOKEN (with "
+                                    f"access to it) in the workers' environment, or give {local}")
+        if type(e).__name__ == "DatasetNotFoundError" and "is a gated dataset" in str(e):
+            # datasets re-raises its wrapper of GatedRepoError `from None`: only the message says so.
+            return PermissionDenied(f"{what} is gated: accept its conditions on the hub and set HF_TOKEN (with "
+                                    f"access to it) in the workers' environment, or give {local}")
+        if isinstance(e, RevisionNotFoundError):
+            return NotFound(f"{kind} {repo_id!r} has no revision {revision!r}: give an existing branch, tag or "
+                            "commit hash", field=f"{kind}.revision")
+        if isinstance(e, RepositoryNotFoundError):
+            return NotFound(f"{kind} {repo_id!r} not found on the hub ({_endpoint()}): check the id (owner/name); "
+                            "a private repository also needs HF_TOKEN in the workers' environment",
+                            field=f"{kind}.hub_id")
+        if isinstance(e, DisabledRepoError):
+            return PermissionDenied(f"{what} is disabled on the hub; use another repository or {local}")
+        if isinstance(e, HFValidationError):
+            return InvalidArgument(f"{what}: {_first_line(e)}")
+        if isinstance(e, LocalEntryNotFoundError) and hub_offline():
+            return Unavailable(f"{what} is not in the local Hugging Face cache and the hub is offline "
+                               f"(HF_HUB_OFFLINE=1): download it first, or give {local}")
+        if isinstance(e, OfflineModeIsEnabled):
+            return Unavailable(f"{what}: the hub is offline (HF_HUB_OFFLINE=1) and this needs it; give {local}")
+        if isinstance(e, HfHubHTTPError) and not isinstance(e, LocalEntryNotFoundError):
+            status = e.response.status_code if e.response is not None else 0
+            if status in (401, 403):
+                return PermissionDenied(f"{what}: the hub refused access ({status}): set HF_TOKEN with access to "
+                                        "it in the workers' environment")
+            if status == 404:
+                return None  # a missing file: the caller knows which one it asked for
+            return Unavailable(f"the hub ({_endpoint()}) failed for {what}: {_first_line(e)}; retry, "
+                               f"or give {local}")
+        if isinstance(e, transport) and not isinstance(e, OSError):
+            return Unavailable(f"cannot reach the Hugging Face hub ({_endpoint()}) for {what}: {_first_line(e)}; "
+                               f"retry, or give {local}")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _endpoint() -> str:

@@ -48,6 +48,15 @@ def resolve_hub_commit(hub_id: str, revision: str, *, repo_type: str = "model") 
     return resolve_commit(hub_id, revision, repo_type)
 
 
+def _hub_failure(exc: BaseException, ref: ModelRef):
+    """The domain error for a hub failure inside transformers (gated, unreachable...), else None."""
+    if not ref.hub_id:
+        return None
+    from cluster.hub import hub_error
+
+    return hub_error(exc, ref.hub_id, ref.revision)
+
+
 def _local_hash(path: Path) -> str:
     """Content hash of a model directory: cluster.hub.content_hash (config.json and weights, in full)."""
     from cluster.hub import content_hash
@@ -103,7 +112,7 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
         hint = "" if ref.trust_remote_code else " If the model ships its own code, set model.trust_remote_code=true."
         raise InvalidArgument(f"model {source!r}: transformers cannot read its config: {exc}.{hint}") from None
     except OSError as exc:
-        raise NotFound(f"model {source!r}: cannot read its config: {exc}") from None
+        raise _hub_failure(exc, ref) or NotFound(f"model {source!r}: cannot read its config: {exc}") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=_torch_dtype(ref.dtype), trust_remote_code=ref.trust_remote_code,
@@ -112,7 +121,7 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
         raise InvalidArgument(f"model {source!r} ({config.model_type}) is not a causal language model that "
                               f"AutoModelForCausalLM can load: {exc}") from None
     except OSError as exc:
-        raise NotFound(f"model {source!r}: cannot load its weights: {exc}") from None
+        raise _hub_failure(exc, ref) or NotFound(f"model {source!r}: cannot load its weights: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # Newly initialised weights: the LLC would describe a random model, not the checkpoint.

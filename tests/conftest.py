@@ -20,4 +20,5 @@ pytest_plugins = [
     "tests.fixtures.ray",
     "tests.fixtures.ray_nodes",
     "tests.fixtures.service",
+    "tests.fixtures.hub",
 ]
