@@ -309,7 +309,8 @@ def test_offline_reuses_what_was_downloaded(loaded, hub):
     assert len(hub.requests) == n
     assert offline["commit"] == offline["model"] == hub.commits["tiny/lm"]["step1"]
     assert offline["weights"] == out["step1"]["weights"]
-    assert offline["dataset"] == hub.commits["tiny/texts"]["v2"] and offline["fingerprint"] == out["data"]["v2"]["fingerprint"]
+    assert offline["dataset"] == hub.commits["tiny/texts"]["v2"]
+    assert offline["fingerprint"] == out["data"]["v2"]["fingerprint"]
 
 
 # -- an estimate job on a hub model --------------------------------------------------------
@@ -342,3 +343,21 @@ def test_an_estimate_job_on_a_hub_model(hub, tmp_path):
     prov = result["provenance"]
     assert prov["model"]["commit"] == hub.commits["tiny/lm"]["step1"] and prov["model"]["revision"] == "step1"
     assert prov["dataset"]["commit"] == hub.commits["tiny/texts"]["main"]
+
+
+@pytest.mark.slow
+def test_preflight_sees_the_config_of_a_hub_model_a_job_downloaded(loaded, monkeypatch):
+    """The front end's early validation reads config.json from the hub cache by revision name
+    (try_to_load_from_cache → refs/<revision>), which the loaders' download by commit never wrote."""
+    import types
+
+    from huggingface_hub import constants
+
+    from cluster.spec import ModelRef
+    from service.preflight import model_config
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(loaded[1] / "hub"))
+    for revision in ("step1", ""):
+        config = model_config(types.SimpleNamespace(model=ModelRef(hub_id="tiny/lm", revision=revision)), False)
+        assert config is not None and config["model_type"] == "gpt2", revision
+    assert model_config(types.SimpleNamespace(model=ModelRef(hub_id="tiny/lm", revision="step7")), False) is None
