@@ -277,6 +277,10 @@ class ChainPool:
             w.placed = True
             return
         if kind == "prepare":
+            if self.summary is not None:  # every worker must hold the same checkpoint and data
+                from cluster.hub import check_same_commits
+
+                check_same_commits(self.summary, value)
             w.ready, w.summary = True, value
             self.worker_summaries.append(value)
             if self.summary is None:

@@ -190,3 +190,23 @@ def content_hash(path: str | Path) -> str:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def check_same_commits(first: dict, other: dict) -> None:
+    """Raise FailedPrecondition when two workers of one job loaded different hub commits: a branch
+    moved between their loads, and their chains would describe different checkpoints. `first` and
+    `other` are worker summaries ({"model_provenance", "dataset_provenance": {key: provenance}})."""
+    from cluster.errors import FailedPrecondition
+
+    pairs = [("model", first.get("model_provenance") or {}, other.get("model_provenance") or {})]
+    a_data, b_data = first.get("dataset_provenance") or {}, other.get("dataset_provenance") or {}
+    pairs += [("dataset", a_data[k], b_data[k]) for k in a_data if k in b_data]
+    for kind, a, b in pairs:
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            continue
+        ca, cb = a.get("commit"), b.get("commit")
+        if isinstance(ca, str) and isinstance(cb, str) and ca != cb:
+            raise FailedPrecondition(
+                f"{kind} {a.get('hub_id')!r} revision {a.get('revision') or 'main'!r} moved on the hub during the "
+                f"job: one worker loaded commit {ca[:12]}, another {cb[:12]}; give the commit hash as "
+                f"{kind}.revision to pin it", field=f"{kind}.revision")

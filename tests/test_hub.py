@@ -132,6 +132,26 @@ def test_hub_errors_inside_loaders_are_mapped():
     assert hub_error(OSError("disk full"), "tiny/x", "main") is None  # not a hub error: the caller decides
 
 
+def test_workers_that_loaded_different_commits_fail_the_job():
+    """A branch that moves between two workers' loads would mix checkpoints in one estimate."""
+    from cluster.errors import FailedPrecondition
+    from cluster.hub import check_same_commits
+
+    def summary(model_commit, data_commit):
+        return {"model_provenance": {"hub_id": "tiny/lm", "revision": "main", "commit": model_commit},
+                "dataset_provenance": {"d": {"hub_id": "tiny/texts", "revision": "", "commit": data_commit}}}
+
+    check_same_commits(summary("a" * 40, "c" * 40), summary("a" * 40, "c" * 40))
+    local = {"model_provenance": {"local_path": "/m", "commit": None}, "dataset_provenance": {"d": {"files": []}}}
+    check_same_commits(local, local)
+    with pytest.raises(FailedPrecondition) as e:
+        check_same_commits(summary("a" * 40, "c" * 40), summary("b" * 40, "c" * 40))
+    assert "moved on the hub during the job" in e.value.message and e.value.field == "model.revision"
+    with pytest.raises(FailedPrecondition) as e:
+        check_same_commits(summary("a" * 40, "c" * 40), summary("a" * 40, "d" * 40))
+    assert e.value.message.startswith("dataset 'tiny/texts' revision 'main' moved")
+
+
 # -- content hash of local checkpoints ------------------------------------------------------
 def test_content_hash_covers_config_and_weights_only(hub, tmp_path):
     a = tmp_path / "a"
