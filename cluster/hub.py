@@ -29,6 +29,9 @@ HASHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.jso
                 "pytorch_model.bin.index.json")
 HASHED_PATTERNS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 _CHUNK = 1 << 20
+# Seconds a revision lookup may wait for the hub (huggingface_hub's own default is none: a hub that
+# accepts the connection and never answers would hold a worker until the job's timeout).
+RESOLVE_TIMEOUT_S = 30.0
 
 
 def hub_offline() -> bool:
@@ -65,7 +68,8 @@ def resolve_commit(repo_id: str, revision: str | None, repo_type: str = "model")
             path = snapshot_download(repo_id, revision=revision, repo_type=repo_type, local_files_only=True)
             return Path(path).name
         api = HfApi()
-        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, revision=revision)
+        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, revision=revision,
+                                                                               timeout=RESOLVE_TIMEOUT_S)
     except Exception as exc:
         mapped = hub_error(exc, repo_id, revision, repo_type)
         if mapped is None and isinstance(exc, OSError):  # e.g. a proxy or DNS failure outside the client

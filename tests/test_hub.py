@@ -97,6 +97,23 @@ def test_unreachable_hub_is_unavailable(online, monkeypatch):
     assert f"127.0.0.1:{port}" in e.value.message
 
 
+def test_a_hub_that_never_answers_is_unavailable(online, monkeypatch):
+    import threading
+
+    import cluster.hub
+
+    online.add_repo("model", "tiny/stuck", {"main": {"config.json": b"{}"}})
+    release = threading.Event()
+    online.repos[("model", "tiny/stuck")].hang = release
+    monkeypatch.setattr(cluster.hub, "RESOLVE_TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(Unavailable) as e:
+            resolve_commit("tiny/stuck", "main")
+    finally:
+        release.set()
+    assert "cannot reach the Hugging Face hub" in e.value.message
+
+
 def test_offline_without_a_cached_copy_is_unavailable(online, monkeypatch):
     from huggingface_hub import constants
 
