@@ -38,7 +38,8 @@ def hub_offline() -> bool:
     """huggingface_hub's offline mode (HF_HUB_OFFLINE, read at its import) or the variable now."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false")
+    now = os.environ.get("HF_HUB_OFFLINE", "").upper()
+    return bool(constants.HF_HUB_OFFLINE) or now in constants.ENV_VARS_TRUE_VALUES
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
