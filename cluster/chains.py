@@ -92,7 +92,9 @@ class ChainPool:
                  on_ready: Callable[[dict[str, Any]], None] = lambda s: None,
                  on_progress: Callable[[int, int, dict[str, Any]], None] = lambda r, c, p: None,
                  on_chain: Callable[[ChainUnit, str, dict[str, Any] | None, str], None] = lambda *a: None,
-                 progress_interval: float = 1.0, tick: float = 0.25, placement_timeout: float = 300.0):
+                 progress_interval: float = 1.0, tick: float = 0.25, placement_timeout: float = 300.0,
+                 settings: dict[int, dict[str, Any]] | None = None,
+                 calibrations: dict[int, dict[str, Any]] | None = None):
         self.spec = spec
         self.resources = resources
         self.size = size
@@ -114,8 +116,9 @@ class ChainPool:
         # results, the calibration record, and the resolved sampler dict its main chains run with.
         self.plans: dict[int, Any] = {}
         self.pilot_results: dict[int, dict[int, dict[str, Any]]] = {}
-        self.calibrations: dict[int, dict[str, Any]] = {}
-        self.settings: dict[int, dict[str, Any]] = {}
+        self.calibrations: dict[int, dict[str, Any]] = dict(calibrations or {})
+        # Preset (a trajectory's checkpoints after the calibration one): no pilots are planned.
+        self.settings: dict[int, dict[str, Any]] = dict(settings or {})
         self.summary: dict[str, Any] | None = None
         self.worker_summaries: list[dict[str, Any]] = []
         self._spec_json = spec.to_json()

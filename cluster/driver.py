@@ -102,6 +102,10 @@ class Job:
         self.provenance = base_provenance(spec, utc_now())
         self.previews: list[dict[str, Any]] | None = None
         self.pool = None
+        # A trajectory's later checkpoints (cluster.trajectory): sampler settings resolved at its calibration
+        # checkpoint, by restriction index; the pool plans nothing for these.
+        self.preset_settings: dict[int, dict[str, Any]] = {}
+        self.preset_calibrations: dict[int, dict[str, Any]] = {}
 
     def run(self) -> dict[str, Any]:
         from cluster.chains import ChainPool
@@ -116,7 +120,8 @@ class Job:
         deadline = time.monotonic() + spec.compute.timeout_s if spec.compute.timeout_s > 0 else None
         self.pool = ChainPool(spec, resources, size, stop=self.stop, deadline=deadline,
                               placement_timeout=float(os.environ.get(PLACEMENT_TIMEOUT_ENV, "300") or 300),
-                              on_ready=self._ready, on_progress=self._progress, on_chain=self._chain)
+                              on_ready=self._ready, on_progress=self._progress, on_chain=self._chain,
+                              settings=self.preset_settings, calibrations=self.preset_calibrations)
         log.info("starting %d chain workers for %d units", size, units)
         self.pool.start()
         self.pool.run()
@@ -211,6 +216,7 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
     """The job from spec to `result` (0) or `error` (1); `stop` set = cancel."""
     handle_stop_signals()
     job: Job | None = None
+    trajectory: dict[str, Any] | None = None
     try:
         spec = read_spec(args)
         connect(args)
@@ -219,12 +225,22 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
             from cluster.errors import Cancelled
 
             raise Cancelled("the job was cancelled before its chains started")
-        job = Job(spec, events, stop)
-        result = job.run()
+        if spec.checkpoints:  # an LLC trajectory: one pool per checkpoint (cluster.trajectory)
+            from cluster.trajectory import run_trajectory
+
+            trajectory = {}
+            try:
+                result = run_trajectory(spec, events, stop, trajectory)
+            finally:
+                job = trajectory.get("job")
+        else:
+            job = Job(spec, events, stop)
+            result = job.run()
     except BaseException as exc:  # every failure ends in one `error` event naming what to change
         if job is not None and job.pool is not None:
             job.pool.shutdown()  # first: a cancelled job frees its CPUs and GPUs at once
-        code, message, partial = _describe_failure(exc, job)
+        # A trajectory's partial result is not one checkpoint's.
+        code, message, partial = _describe_failure(exc, None if trajectory is not None else job)
         fields: dict[str, Any] = {"code": code, "message": message, "field": getattr(exc, "field", "")}
         if partial is not None and partial["restrictions"]:
             fields["partial_result"] = partial
@@ -233,7 +249,8 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
             log.exception("driver failed")
         return 1
     events.emit("result", result=result)
-    job.pool.shutdown()
+    if job is not None and job.pool is not None:
+        job.pool.shutdown()
     return 0
 
 

@@ -101,10 +101,11 @@ class ModelRef:
         _require(self.dtype in MODEL_DTYPES, f"{path}.dtype", f"must be one of {MODEL_DTYPES}, got {shown(self.dtype)}")
 
     @classmethod
-    def from_dict(cls, data: Any, path: str = "model") -> "ModelRef":
+    def from_dict(cls, data: Any, path: str = "model", *, validate: bool = True) -> "ModelRef":
         _from_dict(cls, data, path)
         ref = cls(**data)
-        ref.validate(path)
+        if validate:  # a trajectory's model may name no source (JobSpec.validate checks its checkpoints)
+            ref.validate(path)
         return ref
 
 
@@ -270,6 +271,52 @@ class ComputeSpec:
         return c
 
 
+MAX_CHECKPOINTS = 1024  # checkpoints of one trajectory job
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint of an LLC trajectory (docs/trajectories.md): a revision of the job's hub
+    model (`model.hub_id`, e.g. Pythia's branch "step1000"), or a local directory. `step` is the
+    training step it was saved at; the trajectory's time axis."""
+
+    step: int = 0
+    revision: str = ""
+    local_path: str = ""
+    name: str = ""  # a label; empty = "step<step>"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"step{self.step}"
+
+    def model_ref(self, model: "ModelRef") -> "ModelRef":
+        """The single model this checkpoint is: the job's model settings (dtype, remote code) at it."""
+        if self.local_path:
+            return ModelRef(local_path=self.local_path, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+        return ModelRef(hub_id=model.hub_id, revision=self.revision, dtype=model.dtype,
+                        trust_remote_code=model.trust_remote_code)
+
+    def validate(self, path: str, model: "ModelRef") -> None:
+        _require(isinstance(self.step, int) and not isinstance(self.step, bool) and 0 <= self.step <= 10**15,
+                 f"{path}.step", f"must be an integer training step >= 0, got {self.step!r}")
+        _short(self.revision, f"{path}.revision")
+        _short(self.local_path, f"{path}.local_path", MAX_PATH)
+        _require(bool(self.revision) != bool(self.local_path), path,
+                 "give exactly one of revision (a branch, tag or commit of model.hub_id, e.g. 'step1000') or "
+                 "local_path (a directory saved with save_pretrained)")
+        _require(not self.revision or bool(model.hub_id), f"{path}.revision",
+                 "names a revision of model.hub_id: set model.hub_id (e.g. 'EleutherAI/pythia-14m'), or give "
+                 "local_path instead")
+        _require(self.name == "" or (isinstance(self.name, str) and NAME_RE.match(self.name) is not None),
+                 f"{path}.name", f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.name)}")
+        self.model_ref(model).validate(path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "Checkpoint":
+        _from_dict(cls, data, path)
+        return cls(**data)
+
+
 @dataclass
 class JobSpec:
     job_id: str
@@ -279,11 +326,18 @@ class JobSpec:
     restrictions: list[Restriction] = field(default_factory=lambda: [Restriction()])
     batch_size: int = 8
     compute: ComputeSpec = field(default_factory=ComputeSpec)
+    # An LLC trajectory (cluster/trajectory.py): the estimate at every checkpoint; empty = `model` alone.
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    calibrate_at_step: int = -1  # automatic sampler settings are calibrated at this checkpoint; -1 = the last
+    use_cache: bool = True  # answer (checkpoint, restriction) units with a stored result from the store
 
     def validate(self) -> None:
         _require(isinstance(self.job_id, str) and NAME_RE.match(self.job_id) is not None, "job_id",
                  f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.job_id)}")
-        self.model.validate()
+        if self.checkpoints:
+            self._validate_checkpoints()
+        else:
+            self.model.validate()
         self.dataset.validate()
         _require(1 <= len(self.restrictions) <= 4096, "restrictions", f"give 1 to 4096 restrictions, got {len(self.restrictions)}")
         names = [r.name for r in self.restrictions]
@@ -300,6 +354,33 @@ class JobSpec:
                  f"got {self.batch_size}")
         _require(not self.compute.lean_memory or self.model.dtype == "bfloat16", "compute.lean_memory",
                  f"keeps the weights in bfloat16: set model.dtype='bfloat16' (got {self.model.dtype!r})")
+
+    def _validate_checkpoints(self) -> None:
+        _require(len(self.checkpoints) <= MAX_CHECKPOINTS, "checkpoints",
+                 f"give at most {MAX_CHECKPOINTS} checkpoints, got {len(self.checkpoints)}")
+        _require(not self.model.local_path, "model.local_path",
+                 "a trajectory names its local directories in checkpoints[].local_path: leave model.local_path empty")
+        for i, cp in enumerate(self.checkpoints):
+            cp.validate(f"checkpoints[{i}]", self.model)
+        steps = [cp.step for cp in self.checkpoints]
+        dup = sorted({t for t in steps if steps.count(t) > 1})
+        _require(not dup, "checkpoints", f"checkpoint steps must be unique; repeated: {dup}")
+        _require(isinstance(self.calibrate_at_step, int) and (self.calibrate_at_step == -1 or self.calibrate_at_step in steps),
+                 "calibrate_at_step", f"must be the step of one of the checkpoints {sorted(steps)[:10]} "
+                 f"(or unset = the last), got {self.calibrate_at_step!r}")
+        _require(isinstance(self.use_cache, bool), "use_cache", f"must be true or false, got {self.use_cache!r}")
+
+    def at_checkpoint(self, index: int, restrictions: list[Restriction] | None = None) -> "JobSpec":
+        """The single-model spec of checkpoint `index` (optionally of some restrictions only)."""
+        return dataclasses.replace(self, model=self.checkpoints[index].model_ref(self.model), checkpoints=[],
+                                   calibrate_at_step=-1,
+                                   restrictions=list(self.restrictions if restrictions is None else restrictions))
+
+    def calibration_index(self) -> int:
+        """Index of the checkpoint automatic settings are calibrated on: the one named, else the last step."""
+        steps = [cp.step for cp in self.checkpoints]
+        target = self.calibrate_at_step if self.calibrate_at_step in steps else max(steps)
+        return steps.index(target)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -320,14 +401,19 @@ class JobSpec:
             raise SpecError("sampler", str(exc)) from None
         restrictions = data.get("restrictions") or [{"name": "full"}]
         _require(isinstance(restrictions, list), "restrictions", "must be a list")
+        checkpoints = data.get("checkpoints") or []
+        _require(isinstance(checkpoints, list), "checkpoints", "must be a list")
         spec = cls(
             job_id=data.get("job_id", ""),
-            model=ModelRef.from_dict(data.get("model") or {}, "model"),
+            model=ModelRef.from_dict(data.get("model") or {}, "model", validate=not checkpoints),
             dataset=DatasetRef.from_dict(data.get("dataset") or {}, "dataset"),
             sampler=sampler,
             restrictions=[Restriction.from_dict(r, f"restrictions[{i}]") for i, r in enumerate(restrictions)],
             batch_size=data.get("batch_size", 8),
             compute=ComputeSpec.from_dict(data.get("compute") or {}, "compute"),
+            checkpoints=[Checkpoint.from_dict(c, f"checkpoints[{i}]") for i, c in enumerate(checkpoints)],
+            calibrate_at_step=data.get("calibrate_at_step", -1),
+            use_cache=data.get("use_cache", True),
         )
         spec.validate()
         return spec

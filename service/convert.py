@@ -94,6 +94,13 @@ def spec_to_dict(spec: pb.EstimateSpec, job_id: str) -> dict[str, Any]:
     out["compute"] = compute
     if spec.HasField("batch_size"):
         out["batch_size"] = spec.batch_size
+    if spec.checkpoints:  # a trajectory (cluster/trajectory.py)
+        out["checkpoints"] = [{"step": c.step, "revision": c.revision, "local_path": c.local_path, "name": c.name}
+                              for c in spec.checkpoints]
+    if spec.HasField("calibrate_at_step"):
+        out["calibrate_at_step"] = spec.calibrate_at_step
+    if spec.HasField("use_cache"):
+        out["use_cache"] = spec.use_cache
     return out
 
 
@@ -140,6 +147,16 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
     _set(spec.compute, d.get("compute") or {}, _COMPUTE_FIELDS)
     if "batch_size" in d:
         spec.batch_size = d["batch_size"]
+    for c in d.get("checkpoints") or []:
+        cm = spec.checkpoints.add(step=c.get("step", 0), name=c.get("name", ""))
+        if c.get("local_path"):
+            cm.local_path = c["local_path"]
+        else:
+            cm.revision = c.get("revision", "")
+    if d.get("checkpoints") and d.get("calibrate_at_step", -1) >= 0:
+        spec.calibrate_at_step = d["calibrate_at_step"]
+    if d.get("checkpoints") and "use_cache" in d:
+        spec.use_cache = d["use_cache"]
     return spec
 
 
@@ -212,8 +229,35 @@ def calibration_from_dict(c: dict[str, Any]) -> pb.Calibration:
 
 
 def result_from_dict(doc: dict[str, Any]) -> pb.EstimateResult:
-    return pb.EstimateResult(restrictions=[restriction_result_from_dict(r) for r in doc.get("restrictions") or []],
-                             provenance=_struct(doc.get("provenance") or {}), warnings=list(doc.get("warnings") or []))
+    out = pb.EstimateResult(restrictions=[restriction_result_from_dict(r) for r in doc.get("restrictions") or []],
+                            provenance=_struct(doc.get("provenance") or {}), warnings=list(doc.get("warnings") or []))
+    if doc.get("checkpoints") is not None:
+        trajectory_into(doc, out)
+    return out
+
+
+def trajectory_into(doc: dict[str, Any], out: pb.EstimateResult) -> None:
+    """A trajectory's fields (cluster.trajectory.assemble) into the result message."""
+    out.checkpoints.extend(pb.CheckpointResult(
+        step=int(c.get("step") or 0), name=c.get("name") or "", status=c.get("status") or "",
+        message=c.get("message") or "", identity=c.get("identity") or "",
+        restrictions=[restriction_result_from_dict(r) for r in c.get("restrictions") or []],
+        cached_restrictions=list(c.get("cached_restrictions") or []), provenance=_struct(c.get("provenance") or {}),
+        warnings=list(c.get("warnings") or [])) for c in doc.get("checkpoints") or [])
+    for t in doc.get("trajectories") or []:
+        out.trajectories.add(
+            restriction=t.get("restriction") or "",
+            points=[pb.TrajectoryPoint(step=int(p["step"]), cached=bool(p.get("cached")),
+                                       **{k: _num(p.get(k)) for k in ("llc_mean", "llc_std", "llc_sem", "llc_half_width")})
+                    for p in t.get("points") or []],
+            boundaries=[pb.StageBoundary(step=int(b["step"]), step_low=int(b["step_low"]), step_high=int(b["step_high"]),
+                                         **{k: _num(b.get(k)) for k in ("confidence", "slope_before", "slope_after",
+                                                                        "delta_chi2")})
+                        for b in t.get("boundaries") or []])
+    out.stage_detection.CopyFrom(_struct(doc.get("stage_detection") or {}))
+    out.calibration_checkpoint.CopyFrom(_struct(doc.get("calibration_checkpoint") or {}))
+    out.cached_units.extend(pb.CachedUnit(step=int(step), restriction=str(name))
+                            for step, name in (doc.get("cache") or {}).get("cached_units") or [])
 
 
 # ------------------------------------------------------------------ estimates and events
@@ -232,7 +276,11 @@ def progress_to_proto(progress: dict[str, Any]) -> pb.EstimateProgress:
         fraction=float(progress.get("fraction", 0.0)),
         restrictions=[pb.RestrictionProgress(restriction=r["restriction"], chains_total=r["chains_total"],
                                              chains_finished=r["chains_finished"], llc_running=_num(r.get("llc_running")))
-                      for r in progress.get("restrictions", [])])
+                      for r in progress.get("restrictions", [])],
+        checkpoints=[pb.CheckpointProgress(step=int(c["step"]), chains_total=int(c.get("chains_total", 0)),
+                                           chains_finished=int(c.get("chains_finished", 0)),
+                                           cached_restrictions=int(c.get("cached_restrictions", 0)))
+                     for c in progress.get("checkpoints", [])])
 
 
 def estimate_to_proto(rec: JobRecord, with_result: bool = True) -> pb.Estimate:
@@ -282,11 +330,13 @@ def event_to_proto(stored: StoredEvent) -> pb.WatchEstimateResponse | None:
     elif kind == "progress":
         msg.progress.CopyFrom(pb.ChainProgressEvent(restriction=e.get("restriction", ""), chain=int(e.get("chain", 0)),
                                                     step=int(e.get("step", 0)), total_steps=int(e.get("total_steps", 0)),
-                                                    llc_running=_num(e.get("llc_running"))))
+                                                    llc_running=_num(e.get("llc_running")),
+                                                    checkpoint_step=int(e.get("checkpoint_step") or 0)))
     elif kind == "chain":
         msg.chain.CopyFrom(pb.ChainStatusEvent(restriction=e.get("restriction", ""), chain=int(e.get("chain", 0)),
                                                state=CHAIN_STATES.get(e.get("status", ""), 0), llc=_num(e.get("llc")),
-                                               attempt=int(e.get("attempt") or 0), message=e.get("message") or ""))
+                                               attempt=int(e.get("attempt") or 0), message=e.get("message") or "",
+                                               checkpoint_step=int(e.get("checkpoint_step") or 0)))
     elif kind == "preview":
         msg.preview.restrictions.extend(preview_from_dict(r) for r in e.get("restrictions") or [])
     else:

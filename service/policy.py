@@ -41,10 +41,14 @@ class SubmissionPolicy:
         see_files = self.config.check_local_paths
         if spec.model.local_path:
             spec.model.local_path = self.confine(spec.model.local_path, "spec.model.local_path", see_files)
+        for i, cp in enumerate(spec.checkpoints):  # a trajectory's local checkpoint directories
+            if cp.local_path:
+                cp.local_path = self.confine(cp.local_path, f"spec.checkpoints[{i}].local_path", see_files)
         for where, ds in datasets_of(spec):
             ds.files = [self.confine(f, f"{where}.files[{j}]", see_files) for j, f in enumerate(ds.files)]
         if see_files:
             self._check_exist(spec)
+            self._check_checkpoints(spec)
         if spec.compute.timeout_s <= 0:
             spec.compute.timeout_s = self.config.default_timeout_s
         preflight.check(spec, sent, see_files=see_files)
@@ -80,6 +84,14 @@ class SubmissionPolicy:
                 raise InvalidArgument(f"the glob {shown(pattern)} matches more than {MAX_GLOB_MATCHES} files; "
                                       "narrow it or merge the files")
             yield os.path.realpath(match)
+
+    @staticmethod
+    def _check_checkpoints(spec: JobSpec) -> None:
+        for i, cp in enumerate(spec.checkpoints):
+            if cp.local_path and not os.path.isfile(os.path.join(cp.local_path, "config.json")):
+                what = "does not exist" if not os.path.exists(cp.local_path) else "has no config.json"
+                raise NotFound(f"spec.checkpoints[{i}].local_path: {shown(cp.local_path)} (step {cp.step}) {what}; "
+                               "give a directory saved with save_pretrained, or leave this checkpoint out")
 
     def _check_exist(self, spec: JobSpec) -> None:
         """NOT_FOUND for what is missing under the roots (paths are confined already)."""

@@ -154,7 +154,8 @@ def check_columns(where: str, ds: DatasetRef) -> None:
 
 
 def check(spec: JobSpec, sent: pb.EstimateSpec, *, see_files: bool) -> None:
-    config = model_config(spec, see_files)
+    # A trajectory: its checkpoints share one architecture; the calibration checkpoint's config stands for all.
+    config = model_config(spec.at_checkpoint(spec.calibration_index()) if spec.checkpoints else spec, see_files)
     if config is not None:
         check_selectors(spec, config)
         check_context_lengths(spec, sent, config)

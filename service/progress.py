@@ -12,20 +12,28 @@ FINISHED = ("succeeded", "diverged", "failed")
 def initial(spec: dict[str, Any]) -> dict[str, Any]:
     sampler = SamplerConfig.from_dict(spec.get("sampler") or {})
     names = [r.get("name", "full") for r in spec.get("restrictions") or [{"name": "full"}]]
-    units = len(names) * sampler.chains
+    checkpoints = max(1, len(spec.get("checkpoints") or []))  # a trajectory: until its driver says what is cached
+    units = len(names) * sampler.chains * checkpoints
     return {"chains_total": units, "chains_finished": 0, "steps_done": 0, "steps_total": units * sampler.total_steps,
             "steps_per_chain": sampler.total_steps, "fraction": 0.0, "units": {},
-            "restrictions": [{"restriction": n, "chains_total": sampler.chains, "chains_finished": 0,
+            "restrictions": [{"restriction": n, "chains_total": sampler.chains * checkpoints, "chains_finished": 0,
                               "llc_running": None} for n in names]}
 
 
 def apply(progress: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """Updates `progress` (in place, and returns it) with one `progress` or `chain` event."""
     kind = event.get("type")
+    if kind == "started" and event.get("checkpoints"):
+        _trajectory_started(progress, event["checkpoints"])
+        return progress
     if kind not in ("progress", "chain"):
         return progress
     key = f"{event.get('restriction', '')}|{event.get('chain', 0)}"
-    unit = progress["units"].setdefault(key, {"step": 0, "llc": None, "done": False})
+    if "checkpoint_step" in event:  # a trajectory's unit: (checkpoint, restriction, chain)
+        key = f"{event['checkpoint_step']}/{key}"
+    unit = progress["units"].setdefault(key, {"step": 0, "llc": None, "done": False,
+                                              "restriction": event.get("restriction", ""),
+                                              "checkpoint_step": event.get("checkpoint_step")})
     if kind == "progress":
         unit["step"] = max(unit["step"], int(event.get("step") or 0))
         unit["llc"] = event.get("llc_running")
@@ -38,11 +46,25 @@ def apply(progress: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     return progress
 
 
+def _trajectory_started(progress: dict[str, Any], checkpoints: list[dict[str, Any]]) -> None:
+    """The driver's `started` of a trajectory: units per checkpoint (cached ones are not run)."""
+    chains = progress["restrictions"][0]["chains_total"] // max(1, len(checkpoints)) if progress["restrictions"] else 0
+    progress["checkpoints"] = [{"step": int(c["step"]), "chains_total": int(c.get("units", 0)), "chains_finished": 0,
+                                "cached_restrictions": len(c.get("cached") or [])} for c in checkpoints]
+    total = sum(c["chains_total"] for c in progress["checkpoints"])
+    progress.update(chains_total=total, steps_total=total * progress["steps_per_chain"])
+    for r in progress["restrictions"]:
+        r["chains_total"] = sum(chains for c in checkpoints if r["restriction"] not in (c.get("cached") or []))
+    _summarise(progress)
+
+
 def finish(progress: dict[str, Any]) -> dict[str, Any]:
     """A succeeded estimate is complete whatever events a restart missed."""
     progress.update(chains_finished=progress["chains_total"], steps_done=progress["steps_total"], fraction=1.0)
     for r in progress["restrictions"]:
         r["chains_finished"] = r["chains_total"]
+    for c in progress.get("checkpoints", []):
+        c["chains_finished"] = c["chains_total"]
     return progress
 
 
@@ -52,8 +74,10 @@ def _summarise(progress: dict[str, Any]) -> None:
     progress["chains_finished"] = sum(u["done"] for u in units.values())
     total = progress["steps_total"]
     progress["fraction"] = progress["steps_done"] / total if total else 0.0
+    for c in progress.get("checkpoints", []):
+        c["chains_finished"] = sum(u["done"] for u in units.values() if u.get("checkpoint_step") == c["step"])
     for r in progress["restrictions"]:
-        mine = [u for k, u in units.items() if k.rsplit("|", 1)[0] == r["restriction"]]
+        mine = [u for k, u in units.items() if u.get("restriction", k.rsplit("|", 1)[0]) == r["restriction"]]
         r["chains_finished"] = sum(u["done"] for u in mine)
         llcs = [u["llc"] for u in mine if isinstance(u["llc"], (int, float)) and math.isfinite(u["llc"])]
         r["llc_running"] = sum(llcs) / len(llcs) if llcs else None

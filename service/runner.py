@@ -64,6 +64,7 @@ class RayJobRunner:
         self.store, self.config, self.notifier = store, config, notifier
         self._client: Any = None
         self._tasks: dict[str, asyncio.Task] = {}
+        self._cache_plans: dict[str, Any] = {}  # job id -> service.unit_cache.CachePlan (trajectories)
 
     # -------------------------------------------------------------- Ray connection
     def _connect(self) -> Any:
@@ -157,6 +158,14 @@ class RayJobRunner:
             rec = self.store.get(job_id)
             if rec is None or rec.state.is_terminal:
                 return
+            if not rec.submission_id and rec.spec.get("checkpoints"):  # a trajectory: ask the unit cache first
+                from service import unit_cache
+
+                cache = await asyncio.to_thread(unit_cache.plan, self.store, rec.spec)
+                self._cache_plans[job_id] = cache
+                if cache is not None and cache.complete:  # every unit is stored: no driver, no workers
+                    self._answer_from_cache(rec, cache)
+                    return
             sid = rec.submission_id or await self._submit(rec)
             if sid:
                 await self._follow(job_id, sid)
@@ -169,7 +178,8 @@ class RayJobRunner:
 
     async def _submit(self, rec: JobRecord) -> str:
         sid = submission_id(rec.id)
-        env = {**self.config.env_vars, "LLC_JOB_SPEC": rec.spec_json}
+        cache = self._cache_plans.get(rec.id)
+        env = {**self.config.env_vars, "LLC_JOB_SPEC": rec.spec_json, **(cache.env() if cache is not None else {})}
         deadline = time.monotonic() + self.config.submit_retry_s
         while True:
             try:
@@ -273,8 +283,11 @@ class RayJobRunner:
             self.store.transition(job_id, JobState.RUNNING)
         for event in new:
             if event.get("type") == "result":
+                result = event.get("result") or {}
+                if rec.spec.get("checkpoints"):  # a trajectory: cached units merged in, new ones stored
+                    result = self._trajectory_result(rec, result)
                 self.store.set_progress(job_id, progress_mod.finish(prog))
-                self.store.transition(job_id, JobState.SUCCEEDED, result=event.get("result") or {})
+                self.store.transition(job_id, JobState.SUCCEEDED, result=result)
             elif event.get("type") == "error":
                 code = str(event.get("code") or "INTERNAL")
                 # The driver reports CANCELLED when its Ray job is stopped (by us or anyone else).
@@ -283,6 +296,28 @@ class RayJobRunner:
                 self.store.transition(job_id, state, error_code=code, result=event.get("partial_result"),
                                       error_message=str(event.get("message") or "the driver reported an error"))
         self.notifier.notify(job_id)
+
+    def _answer_from_cache(self, rec: JobRecord, cache: Any) -> None:
+        from service import unit_cache
+
+        result = unit_cache.answer(rec.spec, cache)
+        prog = progress_mod.initial(rec.spec)
+        progress_mod.apply(prog, {"type": "started", "checkpoints": [
+            {"step": c["step"], "units": 0, "cached": c["cached_restrictions"]} for c in result["checkpoints"]]})
+        self.store.set_progress(rec.id, progress_mod.finish(prog))
+        self.store.transition(rec.id, JobState.SUCCEEDED, result=result)
+        self._cache_plans.pop(rec.id, None)
+        self.notifier.notify(rec.id)
+
+    def _trajectory_result(self, rec: JobRecord, result: dict[str, Any]) -> dict[str, Any]:
+        from service import unit_cache
+
+        try:
+            cache = self._cache_plans.pop(rec.id) if rec.id in self._cache_plans else unit_cache.plan(self.store, rec.spec)
+            return unit_cache.complete_result(self.store, rec.id, rec.spec, result, cache)
+        except Exception:  # the driver's result stands without the cache
+            log.exception("merging the unit cache into job %s failed", rec.id)
+            return result
 
     def _finish(self, job_id: str, state: JobState, *, code: str, message: str) -> None:
         self.store.transition(job_id, state, error_code=code, error_message=message)

@@ -73,9 +73,23 @@ VARIANTS = [
                  dict(gpus_per_chain=0.0, ranks_per_chain=2, zero_stage=3, lean_memory=False)),
 ]
 
+# An LLC trajectory (cluster/trajectory.py): checkpoints of both sources, calibration step, cache opt-out.
+TRAJECTORY = spec_variant(pb.ModelRef(hub_id="org/model", dtype=pb.DTYPE_BFLOAT16), FILES_DATASET, HUB_DATASET,
+                          dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False))
+TRAJECTORY.checkpoints.extend([pb.Checkpoint(step=100, revision="step100", name="early"),
+                               pb.Checkpoint(step=2000, local_path="/ckpts/step2000", name="late")])
+TRAJECTORY.calibrate_at_step = 100
+TRAJECTORY.use_cache = False
+
+
+def test_a_trajectory_spec_survives_proto_to_job_spec_and_back():
+    job = JobSpec.from_dict(convert.spec_to_dict(TRAJECTORY, "est-1"))
+    assert [c.step for c in job.checkpoints] == [100, 2000] and job.calibration_index() == 0 and not job.use_cache
+    assert convert.spec_from_dict(job.to_dict()) == TRAJECTORY
+
 
 def test_the_variants_set_every_field_between_them():
-    never_set = set.intersection(*(set(unset_fields(v)) for v in VARIANTS))
+    never_set = set.intersection(*(set(unset_fields(v)) for v in [*VARIANTS, TRAJECTORY]))
     assert not never_set, f"new proto fields: set them in a VARIANTS spec: {sorted(never_set)}"
 
 

@@ -95,6 +95,7 @@ class JobStore:
         self._lock = threading.RLock()
         self._jobs = f"{prefix}jobs"
         self._events = f"{prefix}events"
+        self._unit_cache = f"{prefix}unit_cache"
         self._create_schema()
 
     # -------------------------------------------------------------- plumbing
@@ -127,6 +128,10 @@ class JobStore:
         self._execute(f"CREATE INDEX IF NOT EXISTS {ix}_owner ON {self._jobs} (owner, created_at, id)")
         self._execute(f"""CREATE TABLE IF NOT EXISTS {self._events} (
             job_id {t} NOT NULL, seq {i} NOT NULL, event_json {t} NOT NULL, PRIMARY KEY (job_id, seq))""")
+        # Results of trajectory units by their key (cluster.trajectory.unit_keys); added after the first
+        # release, so existing stores gain it here too.
+        self._execute(f"""CREATE TABLE IF NOT EXISTS {self._unit_cache} (
+            unit_key {t} PRIMARY KEY, result_json {t} NOT NULL, job_id {t} NOT NULL, created_at {f} NOT NULL)""")
 
     def _row(self, row: tuple) -> JobRecord:
         rec = JobRecord(**dict(zip(_JOB_COLUMNS, row)))
@@ -263,6 +268,27 @@ class JobStore:
         rows = self._fetchall(f"SELECT seq, event_json FROM {self._events} WHERE job_id = ? AND seq > ? "
                               f"ORDER BY seq LIMIT {int(limit)}", (job_id, after_seq))
         return [StoredEvent(seq, json.loads(text)) for seq, text in rows]
+
+    # -------------------------------------------------------------- unit cache
+    def cached_units(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored results of the units with these keys (those without one are absent)."""
+        keys, out = list(dict.fromkeys(keys)), {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._fetchall(f"SELECT unit_key, result_json FROM {self._unit_cache} WHERE unit_key IN "
+                                  f"({', '.join('?' for _ in chunk)})", chunk)
+            out.update((k, json.loads(text)) for k, text in rows)
+        return out
+
+    def put_cached_units(self, job_id: str, results: dict[str, dict[str, Any]]) -> int:
+        """Stores unit results by key (a key stored before keeps its first result); returns how many were new."""
+        added = 0
+        with self._lock:
+            for key, result in results.items():
+                cur = self._execute(f"INSERT INTO {self._unit_cache} (unit_key, result_json, job_id, created_at) "
+                                    "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (key, _dumps(result), job_id, time.time()))
+                added += cur.rowcount == 1
+        return added
 
     def close(self) -> None:
         with self._lock:

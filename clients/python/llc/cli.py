@@ -51,6 +51,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     try:
         from llc.requests import estimate_spec
 
+        if args.checkpoint:  # an LLC trajectory (llc.trajectories)
+            settings.update(checkpoints=args.checkpoint, calibrate_at_step=args.calibrate_at_step,
+                            use_cache=False if args.no_cache else None)
+        elif not args.model:
+            raise ValueError("give --model (or --checkpoint STEP=DIR for a trajectory)")
         spec = estimate_spec(args.model, args.dataset, restrictions=args.restrict or [], **settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,6 +87,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             result.plot_loss_traces(os.path.join(args.plots, f"{est.id}-loss-traces.png"))
             result.plot_llc(os.path.join(args.plots, f"{est.id}-llc.png"))
             result.plot_calibration(os.path.join(args.plots, f"{est.id}-calibration.png"))
+            if result.is_trajectory:
+                result.plot_trajectories(os.path.join(args.plots, f"{est.id}-trajectories.png"))
+        if args.trajectory_plot and result.is_trajectory:
+            result.plot_trajectories(args.trajectory_plot)
         if args.json:
             _print_json({"estimate_id": est.id, **result.to_dict()})
         else:
@@ -220,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(sub, common)
 
     e = sub.add_parser("estimate", parents=[common], help="submit an estimate and follow it to the result")
-    e.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-14m) or a local directory")
+    e.add_argument("--model", help="hub id (EleutherAI/pythia-14m) or a local directory; with --checkpoint, the "
+                   "hub id the revisions belong to (omit it when every checkpoint is a directory)")
     e.add_argument("--dataset", required=True, help="hub id or a local jsonl/json/parquet/text/csv file")
     e.add_argument("--restrict", action="append", metavar="NAME=SEL[+SEL][@DATASET]", help=RESTRICTION_SYNTAX)
     for name, kind in (("step_size", positive_float), ("nbeta", positive_float), ("gamma", positive_float),
@@ -233,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-wait", action="store_true", help="print the estimate id and return")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("--plots", metavar="DIR", help="save loss-trace and LLC plots (PNG, needs matplotlib) here")
+    e.add_argument("--checkpoint", action="append", metavar="STEP=DIR|REVISION",
+                   help="an LLC trajectory: estimate at each checkpoint (repeat), e.g. 1000=/ckpts/step1000 or "
+                        "1000=step1000 (a revision of --model)")
+    e.add_argument("--calibrate-at-step", type=int, help="trajectory: calibrate automatic settings at this "
+                   "checkpoint (default: the last) and reuse them for all")
+    e.add_argument("--no-cache", action="store_true", help="trajectory: compute every unit, even stored ones")
+    e.add_argument("--trajectory-plot", metavar="PNG", help="trajectory: save λ̂(t) with boundaries here")
     e.set_defaults(func=cmd_estimate)
 
     v = sub.add_parser("preview", parents=[common], help="which weights each restriction moves (no sampling)")

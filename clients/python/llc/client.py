@@ -84,8 +84,8 @@ class Client:
         context_length, max_examples, text_column, sampler and compute fields (see llc.requests).
         Retrying with the same `request_id` returns the same estimate."""
         if spec is None:
-            if model is None or dataset is None:
-                raise ValueError("give model= and dataset= (or a complete spec=)")
+            if (model is None and not settings.get("checkpoints")) or dataset is None:
+                raise ValueError("give model= and dataset= (or checkpoints=, or a complete spec=)")
             spec = requests.estimate_spec(model, dataset, restrictions=restrictions, **settings)
         request = pb.CreateEstimateRequest(request_id=request_id or uuid.uuid4().hex, spec=spec)
         # A dropped connection before the answer is safe to retry: the request id makes it idempotent.

@@ -77,3 +77,44 @@ def plot_calibration(result: "EstimateResult", path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_trajectories(result: "EstimateResult", path: str, *, extra: dict[str, tuple[list, list]] | None = None) -> str:
+    """λ̂(t) of every restriction over training (log-t axis), ± one standard error as a band, candidate
+    stage boundaries shaded (between the checkpoints either side; darker = more confident). `extra`:
+    name -> (steps, values) drawn on a second axis (e.g. an induction score)."""
+    plt = _pyplot()
+    trajectories = result.trajectories
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for t in trajectories:
+        pts = [p for p in t.points if math.isfinite(p["llc_mean"])]
+        if not pts:
+            continue
+        x = [max(p["step"], 1) for p in pts]
+        y = [p["llc_mean"] for p in pts]
+        e = [p["llc_sem"] if math.isfinite(p["llc_sem"]) else 0.0 for p in pts]
+        line, = ax.plot(x, y, "o-", ms=3, lw=1.2, label=t.restriction)
+        ax.fill_between(x, [a - b for a, b in zip(y, e)], [a + b for a, b in zip(y, e)], color=line.get_color(),
+                        alpha=0.2, lw=0)
+        for b in t.boundaries:
+            ax.axvspan(max(b["step_low"], 1), max(b["step_high"], 1), color=line.get_color(),
+                       alpha=0.08 + 0.2 * b["confidence"], lw=0)
+            ax.axvline(max(b["step"], 1), color=line.get_color(), ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training step (log scale)")
+    ax.set_ylabel("LLC λ̂ (± s.e.)")
+    ax.set_title("LLC over training (shaded: candidate stage boundaries)")
+    handles, labels = ax.get_legend_handles_labels()
+    if extra:
+        ax2 = ax.twinx()
+        for name, (steps, values) in extra.items():
+            h, = ax2.plot([max(s, 1) for s in steps], values, "k--", lw=1, label=name)
+            handles.append(h)
+            labels.append(name)
+        ax2.set_ylabel(", ".join(extra))
+    if handles:
+        ax.legend(handles, labels, fontsize="small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -110,10 +110,13 @@ def restriction(spec: str | Mapping[str, Any] | pb.Restriction) -> pb.Restrictio
 
 def estimate_spec(model, dataset, *, restrictions: Iterable[Any] = (), batch_size: int | None = None,
                   context_length: int | None = None, max_examples: int | None = None, text_column: str | None = None,
-                  **settings: Any) -> pb.EstimateSpec:
+                  checkpoints: Iterable[Any] | None = None, calibrate_at_step: int | None = None,
+                  use_cache: bool | None = None, **settings: Any) -> pb.EstimateSpec:
     """An EstimateSpec. `settings` are sampler fields (step_size, nbeta, gamma, chains, draws, ...)
-    and compute fields (gpus_per_chain, cpus_per_chain, max_chain_retries, timeout_s)."""
-    spec = pb.EstimateSpec(model=model_ref(model),
+    and compute fields (gpus_per_chain, cpus_per_chain, max_chain_retries, timeout_s).
+    `checkpoints` make it an LLC trajectory (llc.trajectories.checkpoint: (step, dir or revision));
+    `model` is then the hub id the revisions belong to, or None when every checkpoint is a directory."""
+    spec = pb.EstimateSpec(model=model_ref(model) if model is not None else pb.ModelRef(),
                            dataset=dataset_ref(dataset, context_length=context_length, max_examples=max_examples,
                                                text_column=text_column))
     spec.restrictions.extend(restriction(r) for r in restrictions)
@@ -124,6 +127,10 @@ def estimate_spec(model, dataset, *, restrictions: Iterable[Any] = (), batch_siz
                     setattr(r.dataset, name, getattr(spec.dataset, name))
             if not r.dataset.max_examples:
                 r.dataset.max_examples = spec.dataset.max_examples
+    if checkpoints:
+        from llc.trajectories import add_checkpoints
+
+        add_checkpoints(spec, checkpoints, calibrate_at_step, use_cache)
     if batch_size is not None:
         spec.batch_size = batch_size
     for name, value in settings.items():

@@ -135,10 +135,42 @@ class EstimateResult(_Doc):
     restrictions: list[RestrictionResult]
     provenance: dict[str, Any]
     warnings: list[str]
+    # LLC trajectories (spec.checkpoints; llc.trajectories): per-checkpoint results, λ̂(t) per restriction with
+    # stage boundaries, how those were found, where settings were calibrated, units answered from the cache.
+    checkpoints: list[Any] = field(default_factory=list)
+    trajectories: list[Any] = field(default_factory=list)
+    stage_detection: dict[str, Any] = field(default_factory=dict)
+    calibration_checkpoint: dict[str, Any] = field(default_factory=dict)
+    cached_units: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, m: pb.EstimateResult) -> "EstimateResult":
-        return cls([RestrictionResult.from_proto(r) for r in m.restrictions], _struct(m.provenance), list(m.warnings))
+        out = cls([RestrictionResult.from_proto(r) for r in m.restrictions], _struct(m.provenance), list(m.warnings))
+        if m.checkpoints:
+            from llc.trajectories import CheckpointResult, Trajectory
+
+            out.checkpoints = [CheckpointResult.from_proto(c) for c in m.checkpoints]
+            out.trajectories = [Trajectory.from_proto(t) for t in m.trajectories]
+            out.stage_detection, out.calibration_checkpoint = _struct(m.stage_detection), _struct(m.calibration_checkpoint)
+            out.cached_units = [(u.step, u.restriction) for u in m.cached_units]
+        return out
+
+    @property
+    def is_trajectory(self) -> bool:
+        return bool(self.checkpoints)
+
+    def trajectory(self, restriction: str) -> Any:
+        """λ̂(t) of one restriction (llc.trajectories.Trajectory)."""
+        for t in self.trajectories:
+            if t.restriction == restriction:
+                return t
+        raise KeyError(f"no trajectory of {restriction!r}; have {[t.restriction for t in self.trajectories]}")
+
+    def plot_trajectories(self, path: str, **kwargs: Any) -> str:
+        """PNG of λ̂(t) per restriction, log-t axis, error bands, stage boundaries shaded."""
+        from llc.plots import plot_trajectories
+
+        return plot_trajectories(self, path, **kwargs)
 
     def __getitem__(self, name: str) -> RestrictionResult:
         for r in self.restrictions:
@@ -147,7 +179,11 @@ class EstimateResult(_Doc):
         raise KeyError(f"no restriction {name!r}; have {[r.name for r in self.restrictions]}")
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per restriction: the numbers people put in a table."""
+        """One row per restriction (a trajectory: per checkpoint × restriction): the numbers people put in a table."""
+        if self.checkpoints:
+            from llc.trajectories import rows
+
+            return rows(self)
         return [{"restriction": r.name, "llc_mean": r.llc_mean, "llc_std": r.llc_std, "chains": len(r.llc_per_chain),
                  "diverged": len(r.diagnostics.diverged_chains), "init_loss": r.init_loss, "rhat": r.diagnostics.rhat,
                  "ess": r.diagnostics.ess, "mala_acceptance": r.diagnostics.mala_acceptance,
@@ -155,6 +191,10 @@ class EstimateResult(_Doc):
 
     def table(self) -> str:
         """A plain-text table (no pandas needed)."""
+        if self.checkpoints:
+            from llc.trajectories import table
+
+            return table(self)
         cols = ["restriction", "llc_mean", "llc_std", "chains", "diverged", "init_loss", "rhat", "mala_acceptance",
                 "moved_elements"]
         fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -193,7 +233,8 @@ class EstimateResult(_Doc):
         return plot_calibration(self, path)
 
     def to_dataframe(self):
-        """A pandas DataFrame, one row per restriction (needs pandas: pip install 'llc-client[pandas]')."""
+        """A pandas DataFrame, one row per restriction, or per checkpoint × restriction for a trajectory
+        (needs pandas: pip install 'llc-client[pandas]')."""
         return _pandas().DataFrame(self.rows())
 
     def chains_dataframe(self):
@@ -221,6 +262,7 @@ class Progress(_Doc):
     steps_total: int = 0
     fraction: float = 0.0
     llc_running: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # a trajectory's: step, chains_total, ...
 
 
 @dataclass
@@ -251,7 +293,8 @@ class Estimate(_Doc):
         return cls(m.estimate_id, _state_name(pb.EstimateState, m.state, "ESTIMATE_STATE_"), m.request_id, m.owner,
                    _struct(m.spec), ts(m.create_time), ts(m.start_time), ts(m.end_time),
                    Progress(p.chains_total, p.chains_finished, p.steps_done, p.steps_total, p.fraction,
-                            {r.restriction: r.llc_running for r in p.restrictions}),
+                            {r.restriction: r.llc_running for r in p.restrictions},
+                            [_proto_fields(c) for c in p.checkpoints]),
                    EstimateResult.from_proto(m.result) if m.HasField("result") else None,
                    m.error.code, m.error.message, m.last_seq, m.ray_submission_id)
 

@@ -225,20 +225,38 @@ class ComputeSettings(_message.Message):
     def __init__(self, gpus_per_chain: _Optional[float] = ..., cpus_per_chain: _Optional[float] = ..., max_chain_retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., ranks_per_chain: _Optional[int] = ..., zero_stage: _Optional[int] = ..., lean_memory: _Optional[bool] = ...) -> None: ...
 
 class EstimateSpec(_message.Message):
-    __slots__ = ("model", "dataset", "restrictions", "sampler", "compute", "batch_size")
+    __slots__ = ("model", "dataset", "restrictions", "sampler", "compute", "batch_size", "checkpoints", "calibrate_at_step", "use_cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_AT_STEP_FIELD_NUMBER: _ClassVar[int]
+    USE_CACHE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     dataset: DatasetRef
     restrictions: _containers.RepeatedCompositeFieldContainer[Restriction]
     sampler: SamplerSettings
     compute: ComputeSettings
     batch_size: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., restrictions: _Optional[_Iterable[_Union[Restriction, _Mapping]]] = ..., sampler: _Optional[_Union[SamplerSettings, _Mapping]] = ..., compute: _Optional[_Union[ComputeSettings, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    calibrate_at_step: int
+    use_cache: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., restrictions: _Optional[_Iterable[_Union[Restriction, _Mapping]]] = ..., sampler: _Optional[_Union[SamplerSettings, _Mapping]] = ..., compute: _Optional[_Union[ComputeSettings, _Mapping]] = ..., batch_size: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., calibrate_at_step: _Optional[int] = ..., use_cache: _Optional[bool] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("step", "revision", "local_path", "name")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    revision: str
+    local_path: str
+    name: str
+    def __init__(self, step: _Optional[int] = ..., revision: _Optional[str] = ..., local_path: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class CreateEstimateRequest(_message.Message):
     __slots__ = ("request_id", "spec")
@@ -341,20 +359,34 @@ class RestrictionProgress(_message.Message):
     def __init__(self, restriction: _Optional[str] = ..., chains_total: _Optional[int] = ..., chains_finished: _Optional[int] = ..., llc_running: _Optional[float] = ...) -> None: ...
 
 class EstimateProgress(_message.Message):
-    __slots__ = ("chains_total", "chains_finished", "steps_done", "steps_total", "fraction", "restrictions")
+    __slots__ = ("chains_total", "chains_finished", "steps_done", "steps_total", "fraction", "restrictions", "checkpoints")
     CHAINS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FINISHED_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     chains_total: int
     chains_finished: int
     steps_done: int
     steps_total: int
     fraction: float
     restrictions: _containers.RepeatedCompositeFieldContainer[RestrictionProgress]
-    def __init__(self, chains_total: _Optional[int] = ..., chains_finished: _Optional[int] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., fraction: _Optional[float] = ..., restrictions: _Optional[_Iterable[_Union[RestrictionProgress, _Mapping]]] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointProgress]
+    def __init__(self, chains_total: _Optional[int] = ..., chains_finished: _Optional[int] = ..., steps_done: _Optional[int] = ..., steps_total: _Optional[int] = ..., fraction: _Optional[float] = ..., restrictions: _Optional[_Iterable[_Union[RestrictionProgress, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointProgress, _Mapping]]] = ...) -> None: ...
+
+class CheckpointProgress(_message.Message):
+    __slots__ = ("step", "chains_total", "chains_finished", "cached_restrictions")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    chains_total: int
+    chains_finished: int
+    cached_restrictions: int
+    def __init__(self, step: _Optional[int] = ..., chains_total: _Optional[int] = ..., chains_finished: _Optional[int] = ..., cached_restrictions: _Optional[int] = ...) -> None: ...
 
 class Estimate(_message.Message):
     __slots__ = ("estimate_id", "request_id", "owner", "state", "spec", "create_time", "start_time", "end_time", "progress", "result", "error", "last_seq", "ray_submission_id")
@@ -533,14 +565,98 @@ class RestrictionResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
 
 class EstimateResult(_message.Message):
-    __slots__ = ("restrictions", "provenance", "warnings")
+    __slots__ = ("restrictions", "provenance", "warnings", "checkpoints", "trajectories", "stage_detection", "calibration_checkpoint", "cached_units")
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    TRAJECTORIES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_UNITS_FIELD_NUMBER: _ClassVar[int]
     restrictions: _containers.RepeatedCompositeFieldContainer[RestrictionResult]
     provenance: _struct_pb2.Struct
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, restrictions: _Optional[_Iterable[_Union[RestrictionResult, _Mapping]]] = ..., provenance: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointResult]
+    trajectories: _containers.RepeatedCompositeFieldContainer[Trajectory]
+    stage_detection: _struct_pb2.Struct
+    calibration_checkpoint: _struct_pb2.Struct
+    cached_units: _containers.RepeatedCompositeFieldContainer[CachedUnit]
+    def __init__(self, restrictions: _Optional[_Iterable[_Union[RestrictionResult, _Mapping]]] = ..., provenance: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., trajectories: _Optional[_Iterable[_Union[Trajectory, _Mapping]]] = ..., stage_detection: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration_checkpoint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cached_units: _Optional[_Iterable[_Union[CachedUnit, _Mapping]]] = ...) -> None: ...
+
+class CheckpointResult(_message.Message):
+    __slots__ = ("step", "name", "status", "message", "identity", "restrictions", "cached_restrictions", "provenance", "warnings")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    name: str
+    status: str
+    message: str
+    identity: str
+    restrictions: _containers.RepeatedCompositeFieldContainer[RestrictionResult]
+    cached_restrictions: _containers.RepeatedScalarFieldContainer[str]
+    provenance: _struct_pb2.Struct
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, step: _Optional[int] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., identity: _Optional[str] = ..., restrictions: _Optional[_Iterable[_Union[RestrictionResult, _Mapping]]] = ..., cached_restrictions: _Optional[_Iterable[str]] = ..., provenance: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrajectoryPoint(_message.Message):
+    __slots__ = ("step", "llc_mean", "llc_std", "llc_sem", "llc_half_width", "cached")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LLC_MEAN_FIELD_NUMBER: _ClassVar[int]
+    LLC_STD_FIELD_NUMBER: _ClassVar[int]
+    LLC_SEM_FIELD_NUMBER: _ClassVar[int]
+    LLC_HALF_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    llc_mean: float
+    llc_std: float
+    llc_sem: float
+    llc_half_width: float
+    cached: bool
+    def __init__(self, step: _Optional[int] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_sem: _Optional[float] = ..., llc_half_width: _Optional[float] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class StageBoundary(_message.Message):
+    __slots__ = ("step", "step_low", "step_high", "confidence", "slope_before", "slope_after", "delta_chi2")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_LOW_FIELD_NUMBER: _ClassVar[int]
+    STEP_HIGH_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SLOPE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DELTA_CHI2_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    step_low: int
+    step_high: int
+    confidence: float
+    slope_before: float
+    slope_after: float
+    delta_chi2: float
+    def __init__(self, step: _Optional[int] = ..., step_low: _Optional[int] = ..., step_high: _Optional[int] = ..., confidence: _Optional[float] = ..., slope_before: _Optional[float] = ..., slope_after: _Optional[float] = ..., delta_chi2: _Optional[float] = ...) -> None: ...
+
+class Trajectory(_message.Message):
+    __slots__ = ("restriction", "points", "boundaries")
+    RESTRICTION_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    restriction: str
+    points: _containers.RepeatedCompositeFieldContainer[TrajectoryPoint]
+    boundaries: _containers.RepeatedCompositeFieldContainer[StageBoundary]
+    def __init__(self, restriction: _Optional[str] = ..., points: _Optional[_Iterable[_Union[TrajectoryPoint, _Mapping]]] = ..., boundaries: _Optional[_Iterable[_Union[StageBoundary, _Mapping]]] = ...) -> None: ...
+
+class CachedUnit(_message.Message):
+    __slots__ = ("step", "restriction")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RESTRICTION_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    restriction: str
+    def __init__(self, step: _Optional[int] = ..., restriction: _Optional[str] = ...) -> None: ...
 
 class RestrictionPreview(_message.Message):
     __slots__ = ("name", "tensors", "elements")
@@ -553,34 +669,38 @@ class RestrictionPreview(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class ChainProgressEvent(_message.Message):
-    __slots__ = ("restriction", "chain", "step", "total_steps", "llc_running")
+    __slots__ = ("restriction", "chain", "step", "total_steps", "llc_running", "checkpoint_step")
     RESTRICTION_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     LLC_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     restriction: str
     chain: int
     step: int
     total_steps: int
     llc_running: float
-    def __init__(self, restriction: _Optional[str] = ..., chain: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., llc_running: _Optional[float] = ...) -> None: ...
+    checkpoint_step: int
+    def __init__(self, restriction: _Optional[str] = ..., chain: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., llc_running: _Optional[float] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
 
 class ChainStatusEvent(_message.Message):
-    __slots__ = ("restriction", "chain", "state", "llc", "attempt", "message")
+    __slots__ = ("restriction", "chain", "state", "llc", "attempt", "message", "checkpoint_step")
     RESTRICTION_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LLC_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     restriction: str
     chain: int
     state: ChainState
     llc: float
     attempt: int
     message: str
-    def __init__(self, restriction: _Optional[str] = ..., chain: _Optional[int] = ..., state: _Optional[_Union[ChainState, str]] = ..., llc: _Optional[float] = ..., attempt: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    checkpoint_step: int
+    def __init__(self, restriction: _Optional[str] = ..., chain: _Optional[int] = ..., state: _Optional[_Union[ChainState, str]] = ..., llc: _Optional[float] = ..., attempt: _Optional[int] = ..., message: _Optional[str] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
 
 class StartedEvent(_message.Message):
     __slots__ = ("chains_total", "restrictions")
