@@ -126,6 +126,10 @@ class Job:
         self.pool.start()
         self.pool.run()
         doc = self.document()
+        if spec.observables is not None:  # merge the workers' parts, BIF and susceptibilities (cluster/observables.py)
+            from cluster.observables import finish_artifact
+
+            doc["observables"] = finish_artifact(spec, self.pool.results)
         failed = [(r, c) for (r, c), d in self.pool.results.items() if d.get("status") == "failed"]
         if failed:
             raise ChainsFailed(self._failed_message(failed), doc)

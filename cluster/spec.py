@@ -330,6 +330,7 @@ class JobSpec:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     calibrate_at_step: int = -1  # automatic sampler settings are calibrated at this checkpoint; -1 = the last
     use_cache: bool = True  # answer (checkpoint, restriction) units with a stored result from the store
+    observables: ObservablesSpec | None = None  # per-example losses recorded while sampling (docs/observables.md)
 
     def validate(self) -> None:
         _require(isinstance(self.job_id, str) and NAME_RE.match(self.job_id) is not None, "job_id",
@@ -354,6 +355,8 @@ class JobSpec:
                  f"got {self.batch_size}")
         _require(not self.compute.lean_memory or self.model.dtype == "bfloat16", "compute.lean_memory",
                  f"keeps the weights in bfloat16: set model.dtype='bfloat16' (got {self.model.dtype!r})")
+        if self.observables is not None:
+            self.observables.validate(self)
 
     def _validate_checkpoints(self) -> None:
         _require(len(self.checkpoints) <= MAX_CHECKPOINTS, "checkpoints",
@@ -414,6 +417,7 @@ class JobSpec:
             checkpoints=[Checkpoint.from_dict(c, f"checkpoints[{i}]") for i, c in enumerate(checkpoints)],
             calibrate_at_step=data.get("calibrate_at_step", -1),
             use_cache=data.get("use_cache", True),
+            observables=ObservablesSpec.from_dict(data["observables"]) if data.get("observables") else None,
         )
         spec.validate()
         return spec
@@ -425,3 +429,84 @@ class JobSpec:
         except json.JSONDecodeError as exc:
             raise SpecError("spec", f"not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+GRANULARITIES = ("sequence", "token")
+MAX_OBSERVABLE_SETS = 16
+SAMPLING_OBSERVABLE = "sampling"  # the observable of the job's own dataset (include_sampling)
+
+
+@dataclass
+class ObservableDataset:
+    """A named set of examples whose per-example losses the chains record (the first
+    `ObservablesSpec.max_examples` rows of the tokenized dataset)."""
+
+    name: str = ""
+    dataset: DatasetRef = field(default_factory=DatasetRef)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> "ObservableDataset":
+        _from_dict(cls, data, path)
+        return cls(name=data.get("name", ""), dataset=DatasetRef.from_dict(data.get("dataset") or {}, f"{path}.dataset"))
+
+
+@dataclass
+class ObservablesSpec:
+    """Observables during sampling (cluster/observables.py): every `every`-th draw, each chain
+    evaluates the losses of up to `max_examples` examples of each dataset (and of the sampling
+    dataset with `include_sampling`), per sequence or per token. The losses are an artifact
+    of the job; BIFs and susceptibilities are computed from them."""
+
+    datasets: list[ObservableDataset] = field(default_factory=list)
+    granularity: str = "sequence"
+    every: int = 1
+    max_examples: int = 32
+    include_sampling: bool = True
+
+    def values(self, spec: "JobSpec") -> int:
+        """Upper bound of the recorded loss values: examples × records × chains × restrictions (× tokens)."""
+        refs = [d.dataset for d in self.datasets] + ([spec.dataset] if self.include_sampling else [])
+        per_record = 0
+        for ref in refs:
+            examples = min(self.max_examples, ref.max_examples) if ref.max_examples else self.max_examples
+            per_record += examples * (ref.context_length - 1 if self.granularity == "token" else 1)
+        records = -(-spec.sampler.draws // self.every)
+        return per_record * records * spec.sampler.chains * len(spec.restrictions)
+
+    def names(self) -> list[str]:
+        return [d.name for d in self.datasets] + ([SAMPLING_OBSERVABLE] if self.include_sampling else [])
+
+    def validate(self, spec: "JobSpec", path: str = "observables") -> None:
+        _require(1 <= len(self.datasets) + int(bool(self.include_sampling)) and len(self.datasets) <= MAX_OBSERVABLE_SETS,
+                 f"{path}.datasets", f"name 1 to {MAX_OBSERVABLE_SETS} observable datasets (or include_sampling)")
+        for i, d in enumerate(self.datasets):
+            _require(isinstance(d.name, str) and NAME_RE.match(d.name) is not None, f"{path}.datasets[{i}].name",
+                     f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(d.name)}")
+            _require(d.name != SAMPLING_OBSERVABLE or not self.include_sampling, f"{path}.datasets[{i}].name",
+                     f"{SAMPLING_OBSERVABLE!r} names the sampling dataset's observable (include_sampling): rename it")
+            d.dataset.validate(f"{path}.datasets[{i}].dataset")
+        names = [d.name for d in self.datasets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _require(not dup, f"{path}.datasets", f"observable names must be unique; repeated: {dup}")
+        _require(self.granularity in GRANULARITIES, f"{path}.granularity",
+                 f"must be one of {GRANULARITIES}, got {shown(self.granularity)}")
+        _require(isinstance(self.every, int) and not isinstance(self.every, bool) and 1 <= self.every <= 1_000_000,
+                 f"{path}.every", f"must be an integer in [1, 1000000] (record every k-th draw), got {self.every!r}")
+        _require(isinstance(self.max_examples, int) and not isinstance(self.max_examples, bool)
+                 and 1 <= self.max_examples <= 1_000_000, f"{path}.max_examples",
+                 f"must be an integer in [1, 1000000], got {self.max_examples!r}")
+        _require(isinstance(self.include_sampling, bool), f"{path}.include_sampling",
+                 f"must be true or false, got {self.include_sampling!r}")
+        _require(spec.compute.ranks == 1, path, "observables are recorded by single-process chains only: set "
+                 "compute.ranks_per_chain=1 and gpus_per_chain <= 1, or drop observables")
+        _require(not spec.checkpoints, path, "observables are not recorded in trajectory jobs yet: drop observables "
+                 "or checkpoints")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "observables") -> "ObservablesSpec":
+        known = _from_dict(cls, data, path)
+        datasets = data.get("datasets") or []
+        _require(isinstance(datasets, list), f"{path}.datasets", "must be a list")
+        kwargs = {k: data[k] for k in known - {"datasets"} if k in data}
+        return cls(datasets=[ObservableDataset.from_dict(d, f"{path}.datasets[{i}]") for i, d in enumerate(datasets)],
+                   **kwargs)

@@ -32,6 +32,8 @@ def dataset_refs(spec: JobSpec) -> dict[str, DatasetRef]:
     for r in spec.restrictions:
         if r.dataset is not None:
             refs.setdefault(dataset_key(r.dataset), r.dataset)
+    for d in spec.observables.datasets if spec.observables is not None else ():  # cluster/observables.py
+        refs.setdefault(dataset_key(d.dataset), d.dataset)
     return refs
 
 
@@ -191,6 +193,7 @@ class ChainWorker:
                 })
 
         start = time.monotonic()
+        self._observing = not pilot  # calibration pilots record no observables
         chain_result = self._chain(self._state["batches"][key], config, restriction, chain, init_loss, progress)
         chain_result.attempts = attempt
         chain_result.extra = {
@@ -206,10 +209,20 @@ class ChainWorker:
         from cluster.datasets import lm_loss
         from cluster.engine import estimate_llc
 
+        observer = None
+        if self._spec.observables is not None and getattr(self, "_observing", True):  # per-example losses every k-th draw (cluster/observables.py)
+            from cluster import observables
+
+            observer = observables.recorder(self._spec, observables.example_sets(
+                self._spec, self._state["datasets"], dataset_key))
         result = estimate_llc(self._state["model"].model, lm_loss, batches, config,
                               params=self._state["selections"][restriction].params, chains=[chain],
                               init_loss=init_loss, progress=progress,
-                              memory="lean" if self._spec.compute.lean_memory else "standard")
+                              memory="lean" if self._spec.compute.lean_memory else "standard", observer=observer)
+        if observer is not None and chain in observer.chains():
+            part = observables.write_part(self._spec.job_id, restriction, self._spec.restrictions[restriction].name,
+                                          chain, observer)
+            result.chains[0].extra = {**result.chains[0].extra, "observables": part}
         return result.chains[0]
 
     def where(self) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       allow_remote_code=args.allow_remote_code,
                                       allowed_roots=None if args.allow_path is None else tuple(args.allow_path),
                                       default_timeout_s=args.default_timeout,
-                                      preview_timeout_s=args.preview_timeout).items() if v not in (None, "")}
+                                      preview_timeout_s=args.preview_timeout, results_dir=args.results_dir,
+                                      max_observable_values=args.max_observable_values).items() if v not in (None, "")}
     try:
         serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, stop=args.stop, **settings)
     except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
@@ -71,6 +72,10 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--max-total-draws", type=int)
     s.add_argument("--max-request-bytes", type=int)
     s.add_argument("--max-active-per-client", type=int)
+    s.add_argument("--results-dir", default=os.environ.get("LLC_RESULTS_DIR"),
+                   help="directory of observables artifacts, seen by every Ray node at this path "
+                        "(default $LLC_RESULTS_DIR, else ./llc-results)")
+    s.add_argument("--max-observable-values", type=int, help="loss values one estimate may record (default 5e7)")
     roots = os.environ.get("LLC_ALLOWED_ROOTS")  # ':'-separated; set but empty = no local paths at all
     s.add_argument("--allow-path", action="append", metavar="DIR",
                    default=None if roots is None else [r for r in roots.split(os.pathsep) if r],

@@ -47,6 +47,10 @@ class ServerConfig:
     # Tenants (service/identity.py): a YAML/JSON file mapping tokens to {principal, role}; with it
     # (or token) every call needs a bearer token and principals see only their own estimates.
     tokens_file: str = ""
+    # Observables (service/observables.py): artifacts go under this directory, which every Ray node must
+    # see at the same path (a shared mount when deployed); "" = no artifacts, observables refused.
+    results_dir: str = field(default_factory=lambda: os.environ.get("LLC_RESULTS_DIR", "llc-results"))
+    max_observable_values: int = 50_000_000  # loss values one estimate may record (4 bytes each)
     auth: Authenticator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,7 +67,7 @@ class ServerConfig:
             if path and not os.path.isfile(path):
                 raise InvalidArgument(f"TLS file {path!r} does not exist")
         for name in ("max_request_bytes", "max_chains", "max_total_draws", "max_restrictions",
-                     "max_active_per_client", "max_page_size"):
+                     "max_active_per_client", "max_page_size", "max_observable_values"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         self.allowed_roots = tuple(os.path.realpath(os.path.expanduser(r)) for r in self.allowed_roots if r)
@@ -73,3 +77,6 @@ class ServerConfig:
         # The driver runs remote code only when told so (cluster/models.py); say it either way, so the
         # Ray head's own environment cannot decide for this server.
         self.driver_env = {**self.driver_env, REMOTE_CODE_ENV: "1" if self.allow_remote_code else "0"}
+        if self.results_dir:  # the driver and its workers write artifacts there (cluster/observables.py)
+            self.results_dir = os.path.realpath(os.path.expanduser(self.results_dir))
+            self.driver_env = {**self.driver_env, "LLC_RESULTS_DIR": self.results_dir}

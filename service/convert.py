@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llc import enums
 from llc.v1 import llc_pb2 as pb
 
+from service import observables
 from service.states import JobState
 from service.store import JobRecord, StoredEvent
 
@@ -101,6 +102,8 @@ def spec_to_dict(spec: pb.EstimateSpec, job_id: str) -> dict[str, Any]:
         out["calibrate_at_step"] = spec.calibrate_at_step
     if spec.HasField("use_cache"):
         out["use_cache"] = spec.use_cache
+    if spec.HasField("observables"):  # service/observables.py
+        out["observables"] = observables.to_dict(spec.observables, dataset_to_dict)
     return out
 
 
@@ -157,6 +160,8 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
         spec.calibrate_at_step = d["calibrate_at_step"]
     if d.get("checkpoints") and "use_cache" in d:
         spec.use_cache = d["use_cache"]
+    if d.get("observables"):
+        observables.from_dict(d["observables"], spec.observables, dataset_from_dict)
     return spec
 
 
@@ -233,6 +238,8 @@ def result_from_dict(doc: dict[str, Any]) -> pb.EstimateResult:
                             provenance=_struct(doc.get("provenance") or {}), warnings=list(doc.get("warnings") or []))
     if doc.get("checkpoints") is not None:
         trajectory_into(doc, out)
+    if doc.get("observables"):
+        out.observables.CopyFrom(observables.result_from_dict(doc["observables"]))
     return out
 
 

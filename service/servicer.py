@@ -15,6 +15,7 @@ from cluster.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgumen
                             Unauthenticated, Unavailable)
 from cluster.spec import JobSpec
 from service import convert
+from service import observables as observables_mod
 from service import progress as progress_mod
 from service.config import ServerConfig
 from service.identity import Principal
@@ -72,6 +73,7 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
             raise InvalidArgument(f"spec.sampler.draws: draws x chains x restrictions = {draws} x {chains} x {n} = "
                                   f"{draws * chains * n} is more than this server allows ({c.max_total_draws}); "
                                   "lower draws or chains, or raise --max-total-draws")
+        observables_mod.check_size(spec, c.max_observable_values, c.results_dir)
 
     # -------------------------------------------------------------- RPCs
     async def CreateEstimate(self, request: pb.CreateEstimateRequest, context: grpc.aio.ServicerContext):
@@ -188,6 +190,13 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
             if self.notifier.closing:
                 raise Unavailable(f"the server is restarting; watch again with after_seq={after} to resume "
                                   "(llc.Client.watch does this by itself)")
+
+    async def FetchArtifact(self, request: pb.FetchArtifactRequest, context) -> AsyncIterator[pb.ArtifactChunk]:
+        rec = await self._job(request.estimate_id, self._principal(context))  # owner check as GetEstimate
+        path = observables_mod.artifact_path(self.config.results_dir, rec.id, rec.result, request.file)
+        reader = observables_mod.chunks(path, request.file or "losses.parquet", request.chunk_bytes)
+        while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
+            yield chunk
 
     async def PreviewRestrictions(self, request: pb.PreviewRestrictionsRequest, context):
         if not request.HasField("spec"):

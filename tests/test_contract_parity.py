@@ -88,8 +88,23 @@ def test_a_trajectory_spec_survives_proto_to_job_spec_and_back():
     assert convert.spec_from_dict(job.to_dict()) == TRAJECTORY
 
 
+# Observables (cluster/observables.py): every field of the request part set.
+OBSERVED = spec_variant(pb.ModelRef(hub_id="org/model", dtype=pb.DTYPE_FLOAT32), HUB_DATASET, FILES_DATASET,
+                        dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False))
+OBSERVED.observables.CopyFrom(pb.Observables(
+    datasets=[pb.ObservableDataset(name="code", dataset=pb.DatasetRef(**FILES_DATASET)),
+              pb.ObservableDataset(name="legal", dataset=pb.DatasetRef(**HUB_DATASET))],
+    granularity=pb.GRANULARITY_TOKEN, every=3, max_examples=8, include_sampling=False))
+
+
+def test_an_observables_spec_survives_proto_to_job_spec_and_back():
+    job = JobSpec.from_dict(convert.spec_to_dict(OBSERVED, "est-1"))
+    assert job.observables.names() == ["code", "legal"] and job.observables.granularity == "token"
+    assert convert.spec_from_dict(job.to_dict()) == OBSERVED
+
+
 def test_the_variants_set_every_field_between_them():
-    never_set = set.intersection(*(set(unset_fields(v)) for v in [*VARIANTS, TRAJECTORY]))
+    never_set = set.intersection(*(set(unset_fields(v)) for v in [*VARIANTS, TRAJECTORY, OBSERVED]))
     assert not never_set, f"new proto fields: set them in a VARIANTS spec: {sorted(never_set)}"
 
 

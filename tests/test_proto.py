@@ -41,7 +41,7 @@ def test_sampler_settings_cover_every_sampler_config_field():
 def test_service_methods():
     methods = set(llc_pb2.DESCRIPTOR.services_by_name["LLCService"].methods_by_name)
     assert methods == {"CreateEstimate", "GetEstimate", "ListEstimates", "CancelEstimate", "WatchEstimate",
-                       "PreviewRestrictions"}
+                       "PreviewRestrictions", "FetchArtifact"}
 
 
 def test_domain_enum_tuples_match_the_proto_enums():

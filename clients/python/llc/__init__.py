@@ -10,8 +10,9 @@ Needs only grpcio and protobuf; tqdm, pandas and matplotlib are optional extras.
 """
 from llc.client import Client
 from llc.errors import EstimateCancelled, EstimateFailed, LLCError
+from llc.observables import ObservablesArtifact, observables_spec
 from llc.results import Estimate, EstimateResult, Event, RestrictionResult
 
 __all__ = ["Client", "Estimate", "EstimateResult", "RestrictionResult", "Event", "LLCError", "EstimateFailed",
-           "EstimateCancelled"]
+           "EstimateCancelled", "ObservablesArtifact", "observables_spec"]
 __version__ = "0.1.0"

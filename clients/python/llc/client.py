@@ -168,6 +168,38 @@ class Client:
         response = self._call("PreviewRestrictions", pb.PreviewRestrictionsRequest(spec=spec), timeout=timeout)
         return [message_dict(r) for r in response.restrictions]
 
+    def fetch_artifact(self, estimate_id: str, file: str = "losses.parquet", *, chunk_bytes: int | None = None,
+                       timeout: float | None = 600.0) -> bytes:
+        """One file of a finished estimate's observables artifact (FetchArtifact, streamed in chunks)."""
+        request = pb.FetchArtifactRequest(estimate_id=estimate_id, file=file)
+        if chunk_bytes is not None:
+            request.chunk_bytes = chunk_bytes
+        parts, total = [], None
+        try:
+            for chunk in self._stub.FetchArtifact(request, metadata=self._metadata, timeout=timeout):
+                parts.append(chunk.data)
+                total = chunk.total_bytes
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        data = b"".join(parts)
+        if total is not None and len(data) != total:
+            raise LLCError(f"artifact {file} of {estimate_id} arrived with {len(data)} of {total} bytes; fetch it again",
+                           "UNAVAILABLE")
+        return data
+
+    def observables(self, estimate_id: str, files: Iterable[str] | None = None):
+        """The estimate's observables artifact (llc.observables.ObservablesArtifact): losses, BIF and
+        susceptibilities as pandas DataFrames, per-observable xarray DataArrays."""
+        from llc.observables import ObservablesArtifact
+
+        est = self._call("GetEstimate", pb.GetEstimateRequest(estimate_id=estimate_id)).estimate
+        names = [f.name for f in est.result.observables.files] if files is None else list(files)
+        if not names:
+            raise LLCError(f"estimate {estimate_id} has no observables artifact (state "
+                           f"{pb.EstimateState.Name(est.state)}): submit with observables= and wait for SUCCEEDED",
+                           "FAILED_PRECONDITION")
+        return ObservablesArtifact({name: self.fetch_artifact(estimate_id, name) for name in names})
+
     def wait(self, estimate_id: str, timeout: float | None = None) -> Estimate:
         """Blocks until the estimate ends; returns its final state."""
         final = None

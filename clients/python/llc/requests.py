@@ -110,8 +110,9 @@ def restriction(spec: str | Mapping[str, Any] | pb.Restriction) -> pb.Restrictio
 
 def estimate_spec(model, dataset, *, restrictions: Iterable[Any] = (), batch_size: int | None = None,
                   context_length: int | None = None, max_examples: int | None = None, text_column: str | None = None,
-                  checkpoints: Iterable[Any] | None = None, calibrate_at_step: int | None = None,
-                  use_cache: bool | None = None, **settings: Any) -> pb.EstimateSpec:
+                  observables: Any = None, checkpoints: Iterable[Any] | None = None,
+                  calibrate_at_step: int | None = None, use_cache: bool | None = None,
+                  **settings: Any) -> pb.EstimateSpec:
     """An EstimateSpec. `settings` are sampler fields (step_size, nbeta, gamma, chains, draws, ...)
     and compute fields (gpus_per_chain, cpus_per_chain, max_chain_retries, timeout_s).
     `checkpoints` make it an LLC trajectory (llc.trajectories.checkpoint: (step, dir or revision));
@@ -127,6 +128,11 @@ def estimate_spec(model, dataset, *, restrictions: Iterable[Any] = (), batch_siz
                     setattr(r.dataset, name, getattr(spec.dataset, name))
             if not r.dataset.max_examples:
                 r.dataset.max_examples = spec.dataset.max_examples
+    if observables is not None:  # a pb.Observables, or llc.observables.observables_spec's keywords
+        from llc.observables import inherit_tokenization, observables_spec
+
+        spec.observables.CopyFrom(observables if isinstance(observables, pb.Observables) else observables_spec(**observables))
+        inherit_tokenization(spec)
     if checkpoints:
         from llc.trajectories import add_checkpoints
 

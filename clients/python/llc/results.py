@@ -142,6 +142,9 @@ class EstimateResult(_Doc):
     stage_detection: dict[str, Any] = field(default_factory=dict)
     calibration_checkpoint: dict[str, Any] = field(default_factory=dict)
     cached_units: list[tuple[int, str]] = field(default_factory=list)
+    # Observables (llc.observables): artifact files, examples per observable, BIF/susceptibility means;
+    # the losses themselves: Client.observables(id).
+    observables: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, m: pb.EstimateResult) -> "EstimateResult":
@@ -153,6 +156,13 @@ class EstimateResult(_Doc):
             out.trajectories = [Trajectory.from_proto(t) for t in m.trajectories]
             out.stage_detection, out.calibration_checkpoint = _struct(m.stage_detection), _struct(m.calibration_checkpoint)
             out.cached_units = [(u.step, u.restriction) for u in m.cached_units]
+        if m.HasField("observables"):
+            from google.protobuf import json_format
+
+            obs = json_format.MessageToDict(m.observables, preserving_proto_field_name=True)
+            obs["values"] = int(obs.get("values", 0))  # int64s come back as text
+            obs["files"] = {f["name"]: int(f.get("bytes", 0)) for f in obs.get("files", [])}
+            out.observables = obs
         return out
 
     @property

@@ -67,6 +67,12 @@ class ChainState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHAIN_STATE_DIVERGED: _ClassVar[ChainState]
     CHAIN_STATE_FAILED: _ClassVar[ChainState]
     CHAIN_STATE_RETRYING: _ClassVar[ChainState]
+
+class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
+    GRANULARITY_SEQUENCE: _ClassVar[Granularity]
+    GRANULARITY_TOKEN: _ClassVar[Granularity]
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_AUTO: Dtype
 DTYPE_FLOAT32: Dtype
@@ -103,6 +109,9 @@ CHAIN_STATE_SUCCEEDED: ChainState
 CHAIN_STATE_DIVERGED: ChainState
 CHAIN_STATE_FAILED: ChainState
 CHAIN_STATE_RETRYING: ChainState
+GRANULARITY_UNSPECIFIED: Granularity
+GRANULARITY_SEQUENCE: Granularity
+GRANULARITY_TOKEN: Granularity
 
 class ModelRef(_message.Message):
     __slots__ = ("hub_id", "local_path", "revision", "dtype", "trust_remote_code")
@@ -225,7 +234,7 @@ class ComputeSettings(_message.Message):
     def __init__(self, gpus_per_chain: _Optional[float] = ..., cpus_per_chain: _Optional[float] = ..., max_chain_retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., ranks_per_chain: _Optional[int] = ..., zero_stage: _Optional[int] = ..., lean_memory: _Optional[bool] = ...) -> None: ...
 
 class EstimateSpec(_message.Message):
-    __slots__ = ("model", "dataset", "restrictions", "sampler", "compute", "batch_size", "checkpoints", "calibrate_at_step", "use_cache")
+    __slots__ = ("model", "dataset", "restrictions", "sampler", "compute", "batch_size", "checkpoints", "calibrate_at_step", "use_cache", "observables")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +244,7 @@ class EstimateSpec(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATE_AT_STEP_FIELD_NUMBER: _ClassVar[int]
     USE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVABLES_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     dataset: DatasetRef
     restrictions: _containers.RepeatedCompositeFieldContainer[Restriction]
@@ -244,7 +254,8 @@ class EstimateSpec(_message.Message):
     checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     calibrate_at_step: int
     use_cache: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., restrictions: _Optional[_Iterable[_Union[Restriction, _Mapping]]] = ..., sampler: _Optional[_Union[SamplerSettings, _Mapping]] = ..., compute: _Optional[_Union[ComputeSettings, _Mapping]] = ..., batch_size: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., calibrate_at_step: _Optional[int] = ..., use_cache: _Optional[bool] = ...) -> None: ...
+    observables: Observables
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., restrictions: _Optional[_Iterable[_Union[Restriction, _Mapping]]] = ..., sampler: _Optional[_Union[SamplerSettings, _Mapping]] = ..., compute: _Optional[_Union[ComputeSettings, _Mapping]] = ..., batch_size: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., calibrate_at_step: _Optional[int] = ..., use_cache: _Optional[bool] = ..., observables: _Optional[_Union[Observables, _Mapping]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("step", "revision", "local_path", "name")
@@ -565,7 +576,7 @@ class RestrictionResult(_message.Message):
     def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
 
 class EstimateResult(_message.Message):
-    __slots__ = ("restrictions", "provenance", "warnings", "checkpoints", "trajectories", "stage_detection", "calibration_checkpoint", "cached_units")
+    __slots__ = ("restrictions", "provenance", "warnings", "checkpoints", "trajectories", "stage_detection", "calibration_checkpoint", "cached_units", "observables")
     RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
@@ -574,6 +585,7 @@ class EstimateResult(_message.Message):
     STAGE_DETECTION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CACHED_UNITS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVABLES_FIELD_NUMBER: _ClassVar[int]
     restrictions: _containers.RepeatedCompositeFieldContainer[RestrictionResult]
     provenance: _struct_pb2.Struct
     warnings: _containers.RepeatedScalarFieldContainer[str]
@@ -582,7 +594,8 @@ class EstimateResult(_message.Message):
     stage_detection: _struct_pb2.Struct
     calibration_checkpoint: _struct_pb2.Struct
     cached_units: _containers.RepeatedCompositeFieldContainer[CachedUnit]
-    def __init__(self, restrictions: _Optional[_Iterable[_Union[RestrictionResult, _Mapping]]] = ..., provenance: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., trajectories: _Optional[_Iterable[_Union[Trajectory, _Mapping]]] = ..., stage_detection: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration_checkpoint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cached_units: _Optional[_Iterable[_Union[CachedUnit, _Mapping]]] = ...) -> None: ...
+    observables: ObservablesResult
+    def __init__(self, restrictions: _Optional[_Iterable[_Union[RestrictionResult, _Mapping]]] = ..., provenance: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointResult, _Mapping]]] = ..., trajectories: _Optional[_Iterable[_Union[Trajectory, _Mapping]]] = ..., stage_detection: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration_checkpoint: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cached_units: _Optional[_Iterable[_Union[CachedUnit, _Mapping]]] = ..., observables: _Optional[_Union[ObservablesResult, _Mapping]] = ...) -> None: ...
 
 class CheckpointResult(_message.Message):
     __slots__ = ("step", "name", "status", "message", "identity", "restrictions", "cached_restrictions", "provenance", "warnings")
@@ -727,3 +740,82 @@ class WatchEstimateResponse(_message.Message):
     chain: ChainStatusEvent
     preview: PreviewRestrictionsResponse
     def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Estimate, _Mapping]] = ..., started: _Optional[_Union[StartedEvent, _Mapping]] = ..., progress: _Optional[_Union[ChainProgressEvent, _Mapping]] = ..., chain: _Optional[_Union[ChainStatusEvent, _Mapping]] = ..., preview: _Optional[_Union[PreviewRestrictionsResponse, _Mapping]] = ...) -> None: ...
+
+class ObservableDataset(_message.Message):
+    __slots__ = ("name", "dataset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dataset: DatasetRef
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ...) -> None: ...
+
+class Observables(_message.Message):
+    __slots__ = ("datasets", "granularity", "every", "max_examples", "include_sampling")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[ObservableDataset]
+    granularity: Granularity
+    every: int
+    max_examples: int
+    include_sampling: bool
+    def __init__(self, datasets: _Optional[_Iterable[_Union[ObservableDataset, _Mapping]]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., every: _Optional[int] = ..., max_examples: _Optional[int] = ..., include_sampling: _Optional[bool] = ...) -> None: ...
+
+class ArtifactFile(_message.Message):
+    __slots__ = ("name", "bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bytes: int
+    def __init__(self, name: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class ObservablesResult(_message.Message):
+    __slots__ = ("files", "granularity", "every", "examples", "values", "bif_mean", "susceptibility_mean", "warnings")
+    class ExamplesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    BIF_MEAN_FIELD_NUMBER: _ClassVar[int]
+    SUSCEPTIBILITY_MEAN_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
+    granularity: Granularity
+    every: int
+    examples: _containers.ScalarMap[str, int]
+    values: int
+    bif_mean: _struct_pb2.Struct
+    susceptibility_mean: _struct_pb2.Struct
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., every: _Optional[int] = ..., examples: _Optional[_Mapping[str, int]] = ..., values: _Optional[int] = ..., bif_mean: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., susceptibility_mean: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FetchArtifactRequest(_message.Message):
+    __slots__ = ("estimate_id", "file", "chunk_bytes")
+    ESTIMATE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    estimate_id: str
+    file: str
+    chunk_bytes: int
+    def __init__(self, estimate_id: _Optional[str] = ..., file: _Optional[str] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("file", "offset", "data", "total_bytes")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    offset: int
+    data: bytes
+    total_bytes: int
+    def __init__(self, file: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...

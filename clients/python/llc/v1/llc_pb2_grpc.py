@@ -64,6 +64,11 @@ class LLCServiceStub:
                 request_serializer=llc_dot_v1_dot_llc__pb2.PreviewRestrictionsRequest.SerializeToString,
                 response_deserializer=llc_dot_v1_dot_llc__pb2.PreviewRestrictionsResponse.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/llc.v1.LLCService/FetchArtifact',
+                request_serializer=llc_dot_v1_dot_llc__pb2.FetchArtifactRequest.SerializeToString,
+                response_deserializer=llc_dot_v1_dot_llc__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class LLCServiceServicer:
@@ -127,6 +132,15 @@ class LLCServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchArtifact(self, request, context):
+        """One file of a finished estimate's artifact (EstimateResult.observables.files), in chunks,
+        for the estimate's owner as GetEstimate. NOT_FOUND: no such estimate or file;
+        FAILED_PRECONDITION: the estimate has not finished or recorded no observables.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLCServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +173,11 @@ def add_LLCServiceServicer_to_server(servicer, server):
                     servicer.PreviewRestrictions,
                     request_deserializer=llc_dot_v1_dot_llc__pb2.PreviewRestrictionsRequest.FromString,
                     response_serializer=llc_dot_v1_dot_llc__pb2.PreviewRestrictionsResponse.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=llc_dot_v1_dot_llc__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=llc_dot_v1_dot_llc__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +342,33 @@ class LLCService:
             '/llc.v1.LLCService/PreviewRestrictions',
             llc_dot_v1_dot_llc__pb2.PreviewRestrictionsRequest.SerializeToString,
             llc_dot_v1_dot_llc__pb2.PreviewRestrictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llc.v1.LLCService/FetchArtifact',
+            llc_dot_v1_dot_llc__pb2.FetchArtifactRequest.SerializeToString,
+            llc_dot_v1_dot_llc__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
