@@ -98,3 +98,40 @@ def test_artifact_paths_stay_in_the_results_directory_and_chunks_reassemble(tmp_
         artifact_path(str(root), "est-1", {"restrictions": []}, "")
     with pytest.raises(Exception, match="inside the results directory"):
         artifact_path(str(root), "..", doc, "losses.parquet")
+
+
+def test_fetch_artifact_only_for_the_estimates_owner(make_server, tmp_path):
+    import grpc
+
+    from llc.v1 import llc_pb2_grpc
+    from service.states import JobState
+    from tests.test_service_convert import result_document
+    from tests.test_service_tenants import ALICE, BOB, OPS, as_, failure, stored, tokens_file
+
+    results = tmp_path / "results"
+    server = make_server(tokens_file=tokens_file(tmp_path), results_dir=str(results))
+    (results / "est-a").mkdir(parents=True)
+    (results / "est-a" / "losses.parquet").write_bytes(b"PAR1" * 1000)
+    doc = {**result_document(), "job_id": "est-a",
+           "observables": {"artifact": "est-a", "files": {"losses.parquet": 4000}, "granularity": "token", "every": 1,
+                           "observables": {"code": 2}, "values": 10, "bif_mean": {}, "susceptibility_mean": {},
+                           "warnings": []}}
+    stored(server, "est-a", "alice", JobState.SUCCEEDED, result=doc)
+    stored(server, "est-q", "alice", JobState.QUEUED)
+    with grpc.insecure_channel(server.address) as channel:
+        llc = llc_pb2_grpc.LLCServiceStub(channel)
+        request = pb.FetchArtifactRequest(estimate_id="est-a", chunk_bytes=1500)
+        for token in (ALICE, OPS):  # the owner, and an admin
+            chunks = list(llc.FetchArtifact(request, metadata=as_(token), timeout=10))
+            assert b"".join(c.data for c in chunks) == b"PAR1" * 1000 and chunks[-1].total_bytes == 4000
+            assert len(chunks) == 3
+        code, message = failure(llc.FetchArtifact, request, as_(BOB))
+        missing = failure(llc.FetchArtifact, pb.FetchArtifactRequest(estimate_id="est-none"), as_(BOB))
+        assert code == grpc.StatusCode.NOT_FOUND and message == missing[1].replace("est-none", "est-a")
+        code, message = failure(llc.FetchArtifact, pb.FetchArtifactRequest(estimate_id="est-q"), as_(ALICE))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "observables" in message
+        code, _ = failure(llc.FetchArtifact, pb.FetchArtifactRequest(estimate_id="est-a", chunk_bytes=64 << 20),
+                          as_(ALICE))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        got = llc.GetEstimate(pb.GetEstimateRequest(estimate_id="est-a"), metadata=as_(ALICE), timeout=10)
+        assert [f.name for f in got.estimate.result.observables.files] == ["losses.parquet"]
