@@ -272,6 +272,7 @@ class ComputeSpec:
 
 
 MAX_CHECKPOINTS = 1024  # checkpoints of one trajectory job
+MAX_TRAJECTORY_UNITS = 65536  # (checkpoint, restriction) units of one trajectory job
 
 
 @dataclass
@@ -365,6 +366,10 @@ class JobSpec:
                  "a trajectory names its local directories in checkpoints[].local_path: leave model.local_path empty")
         for i, cp in enumerate(self.checkpoints):
             cp.validate(f"checkpoints[{i}]", self.model)
+        units = len(self.checkpoints) * len(self.restrictions)
+        _require(units <= MAX_TRAJECTORY_UNITS, "checkpoints",
+                 f"{len(self.checkpoints)} checkpoints x {len(self.restrictions)} restrictions = {units} units; at most "
+                 f"{MAX_TRAJECTORY_UNITS} are allowed: split the trajectory into several estimates")
         steps = [cp.step for cp in self.checkpoints]
         dup = sorted({t for t in steps if steps.count(t) > 1})
         _require(not dup, "checkpoints", f"checkpoint steps must be unique; repeated: {dup}")

@@ -161,7 +161,11 @@ class RayJobRunner:
             if not rec.submission_id and rec.spec.get("checkpoints"):  # a trajectory: ask the unit cache first
                 from service import unit_cache
 
-                cache = await asyncio.to_thread(unit_cache.plan, self.store, rec.spec)
+                try:
+                    cache = await asyncio.to_thread(unit_cache.plan, self.store, rec.spec)
+                except Exception:  # noqa: BLE001 (the job runs without the cache rather than not at all)
+                    log.exception("the unit cache could not plan job %s; computing every unit", job_id)
+                    cache = None
                 self._cache_plans[job_id] = cache
                 if cache is not None and cache.complete:  # every unit is stored: no driver, no workers
                     self._answer_from_cache(rec, cache)
