@@ -75,7 +75,7 @@ def add_commands(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--results-dir", default=os.environ.get("LLC_RESULTS_DIR"),
                    help="directory of observables artifacts, seen by every Ray node at this path "
                         "(default $LLC_RESULTS_DIR, else ./llc-results)")
-    s.add_argument("--max-observable-values", type=int, help="loss values one estimate may record (default 5e7)")
+    s.add_argument("--max-observable-values", type=int, help="loss values one estimate may record (default 2e7)")
     roots = os.environ.get("LLC_ALLOWED_ROOTS")  # ':'-separated; set but empty = no local paths at all
     s.add_argument("--allow-path", action="append", metavar="DIR",
                    default=None if roots is None else [r for r in roots.split(os.pathsep) if r],

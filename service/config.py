@@ -50,7 +50,7 @@ class ServerConfig:
     # Observables (service/observables.py): artifacts go under this directory, which every Ray node must
     # see at the same path (a shared mount when deployed); "" = no artifacts, observables refused.
     results_dir: str = field(default_factory=lambda: os.environ.get("LLC_RESULTS_DIR", "llc-results"))
-    max_observable_values: int = 50_000_000  # loss values one estimate may record (4 bytes each)
+    max_observable_values: int = 20_000_000  # loss values one estimate may record (the driver merges them in memory)
     auth: Authenticator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
