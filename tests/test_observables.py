@@ -147,3 +147,40 @@ def test_susceptibilities_agree_with_devinterp(recorded):
     gap_r = attn["sampling"].astype(np.float64).mean() - attn["other"].astype(np.float64).mean(axis=(0, 1))
     gap_f = full["sampling"].astype(np.float64).mean() - full["other"].astype(np.float64).mean(axis=(0, 1))
     assert np.allclose(ours - paper, phi.mean() * (gap_r - gap_f), atol=1e-6)
+
+
+def test_sequence_granularity_artifact_round_trip(tmp_path, monkeypatch):
+    """Per-sequence records through parts → losses.parquet → arrays, BIF and susceptibilities (no model)."""
+    import pandas as pd
+
+    from cluster.engine.observables import ObservableRecorder
+
+    monkeypatch.setenv(observables.RESULTS_DIR_ENV, str(tmp_path))
+    spec = JobSpec.from_dict({
+        "job_id": "seq", "model": {"local_path": "/m"}, "dataset": {"files": ["/a.jsonl"]},
+        "sampler": {"step_size": 1e-3, "nbeta": 10.0, "burn_in": 0, "draws": 8, "chains": 2},
+        "restrictions": [{"name": "full"}, {"name": "part", "weights": [{"kind": "layer", "layer": 0}]}],
+        "observables": {"datasets": [{"name": "p", "dataset": {"files": ["/b.jsonl"]}}], "max_examples": 3}})
+    rng = np.random.default_rng(0)
+    arrays, docs = {}, {}
+    for r, rname in enumerate(["full", "part"]):
+        rec = ObservableRecorder({"p": [], "sampling": []}, loss_fn=None, every=2, granularity="sequence")
+        for c in range(2):
+            values = {"p": rng.normal(size=(4, 3)).astype(np.float32), "sampling": rng.normal(size=(4, 3)).astype(np.float32)}
+            rec._store(c, values, np.arange(4) * 2)
+            docs[(r, c)] = {"status": "succeeded", "extra": {"observables": observables.write_part("seq", r, rname, c, rec)}}
+        arrays[rname] = rec.losses()
+    doc = observables.finish_artifact(spec, docs)
+    assert doc["observables"] == {"p": 3, "sampling": 3} and doc["values"] == 2 * 2 * 4 * 6
+    frame = pd.read_parquet(tmp_path / "seq" / "losses.parquet")
+    frame["restriction"], frame["observable"] = frame["restriction"].astype(str), frame["observable"].astype(str)
+    assert (frame["token"] == -1).all() and sorted(frame["draw"].unique()) == [0, 2, 4, 6]
+    assert np.array_equal(observables.losses_array(frame, "part", "p"), arrays["part"]["p"])
+    bif_table = pd.read_parquet(tmp_path / "seq" / "bif.parquet")
+    joint = np.concatenate([arrays["full"]["p"], arrays["full"]["sampling"]], axis=2)
+    row = bif_table[(bif_table["restriction"].astype(str) == "full") & (bif_table["example_1"] == 0)
+                    & (bif_table["example_2"] == 1) & (bif_table["observable_1"].astype(str) == "p")
+                    & (bif_table["observable_2"].astype(str) == "p")]
+    assert np.isclose(row["bif"].iloc[0], bif(joint)[0, 1], atol=1e-6)
+    chi = susceptibilities(arrays["part"], "sampling", observables=["p"])["p"]
+    assert np.isclose(doc["susceptibility_mean"]["part"]["p"], chi.mean())
