@@ -382,6 +382,45 @@ def test_an_estimate_job_on_a_hub_model(hub, tmp_path):
     assert prov["dataset"]["commit"] == hub.commits["tiny/texts"]["main"]
 
 
+def _has_trajectories() -> bool:
+    try:
+        from cluster.spec import Checkpoint  # noqa: F401 (issue 14's trajectory jobs)
+    except ImportError:
+        return False
+    return (REPO / "cluster" / "trajectory.py").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_trajectories(), reason="trajectory jobs (cluster/trajectory.py) are not in this tree")
+def test_a_trajectory_over_hub_revisions(hub, tmp_path):
+    """Checkpoints named by revisions of one hub model: each identified by its commit; an unknown
+    revision fails that checkpoint with NOT_FOUND naming it and keeps the others."""
+    from cluster.events import parse_lines
+
+    spec = {
+        "job_id": "hub-trajectory",
+        "model": {"hub_id": "tiny/lm"},
+        "dataset": {"hub_id": "tiny/texts", "context_length": 16},
+        "checkpoints": [{"step": 1, "revision": "step1"}, {"step": 5, "revision": "nope"}],
+        "sampler": {"chains": 1, "draws": 10, "burn_in": 0, "step_size": 1e-4, "nbeta": 10.0, "gamma": 100.0,
+                    "seed": 3},
+        "restrictions": [{"name": "full"}],
+        "batch_size": 8,
+        "compute": {"cpus_per_chain": 1},
+    }
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {k: v for k, v in subprocess_env(hub.url, tmp_path / "hf").items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-m", "cluster.driver", "--spec", str(spec_file), "--local",
+                          "--num-cpus", "1"], capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    events = list(parse_lines(out.stdout.splitlines()))
+    assert out.returncode == 0 and events and events[-1]["type"] == "result", (out.stderr[-3000:], events[-2:])
+    by_step = {cp["step"]: cp for cp in events[-1]["result"]["checkpoints"]}
+    good, bad = by_step[1], by_step[5]
+    assert good["status"] == "succeeded" and good["identity"] == f"commit:tiny/lm@{hub.commits['tiny/lm']['step1']}"
+    assert bad["status"] == "failed" and "NOT_FOUND" in bad["message"] and "no revision 'nope'" in bad["message"]
+
+
 @pytest.mark.slow
 def test_preflight_sees_the_config_of_a_hub_model_a_job_downloaded(loaded, monkeypatch):
     """The front end's early validation reads config.json from the hub cache by revision name
