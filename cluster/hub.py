@@ -180,20 +180,38 @@ def hashed_files(path: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+_hash_memo: dict[tuple, str] = {}
+# Only directories this large are remembered: file mtimes tick with the kernel's coarse clock, so a
+# small file rewritten within milliseconds of being hashed could keep size, mtime and inode; a file
+# this large takes longer than that tick to write.
+_MEMO_MIN_BYTES = 64 << 20
+
+
 def content_hash(path: str | Path) -> str:
     """sha256 (hex) over a checkpoint directory's config.json and weight files: names, sizes and bytes,
-    streamed in 1 MiB chunks. Equal hashes mean the same architecture and the same weights."""
+    streamed in 1 MiB chunks. Equal hashes mean the same architecture and the same weights.
+    Large directories are remembered per process while no hashed file's size, mtime or inode changes
+    (weights are gigabytes; the front end, the driver and every worker ask)."""
     path = Path(path).expanduser()
     files = hashed_files(path)
     if not any(p.name != "config.json" for p in files):
         raise NotFound(f"{str(path)!r} has no config.json and weights to hash; give a directory saved with "
                        "save_pretrained")
+    stats = [p.stat() for p in files]
+    key = (str(path.resolve()), tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ino) for p, st in zip(files, stats)))
+    memo = sum(st.st_size for st in stats) >= _MEMO_MIN_BYTES
+    if memo and key in _hash_memo:
+        return _hash_memo[key]
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\0")
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 h.update(chunk)
+    if memo:
+        if len(_hash_memo) > 256:
+            _hash_memo.clear()
+        _hash_memo[key] = h.hexdigest()
     return h.hexdigest()
 
 

@@ -200,6 +200,21 @@ def test_content_hash_covers_every_shard(tmp_path):
     assert content_hash(d) != before
 
 
+def test_content_hash_remembers_large_directories_until_a_file_changes(tmp_path, monkeypatch):
+    import cluster.hub
+
+    monkeypatch.setattr(cluster.hub, "_MEMO_MIN_BYTES", 0)
+    monkeypatch.setattr(cluster.hub, "_hash_memo", {})
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 100)
+    first = content_hash(tmp_path)
+    assert list(cluster.hub._hash_memo.values()) == [first]
+    assert content_hash(tmp_path) == first
+    with open(tmp_path / "model.safetensors", "ab") as f:
+        f.write(b"more")
+    assert content_hash(tmp_path) != first and len(cluster.hub._hash_memo) == 2
+
+
 # -- loaders through the stand-in (subprocesses) --------------------------------------------
 LOADERS = """
 import json, os, urllib.request
