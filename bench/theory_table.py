@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in r["calibration"].get("pilots", []):
             llc = f"{p['llc']:.1f}" if p.get("llc") is not None else "-"
             mala = f"{p['mala_acceptance']:.2f}" if p.get("mala_acceptance") is not None else "-"
-            print(f"    pilot ε {p['step_size']:.2e}  λ̂ {llc:>8}  MALA {mala}  {p['verdict']}"
+            noise = f"{p['gradient_noise']:.3f}" if p.get("gradient_noise") is not None else "-"
+            equi = f"{p['equipartition']:.2f}" if p.get("equipartition") is not None else "-"
+            print(f"    pilot ε {p['step_size']:.2e}  λ̂ {llc:>8}  MALA {mala}  τ {noise}  equipartition {equi}  {p['verdict']}"
                   f"{' ← chosen' if p.get('chosen') else ''}", flush=True)
         for w in r["warnings"]:
             print(f"    warning: {w}", flush=True)

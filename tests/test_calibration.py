@@ -157,3 +157,21 @@ def test_calibration_reaches_the_sdk_table_and_plot(tmp_path):
     assert "nβ = 500 (rule, n = 3000)" in table and table.count("← chosen") == 1 and "too large" in table
     png = result.plot_calibration(str(tmp_path / "calibration.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_chosen_step_moves_up_to_where_the_failed_check_crosses_its_target():
+    """Between the largest passing pilot (MALA 0.9) and the next (0.7, too large), ε moves to the
+    log-linear crossing of 0.8 (halfway); a next pilot that diverged leaves ε on the grid."""
+    plan = plan_pilots(SamplerConfig(draws=1000, chains=4), nbeta=1000.0)
+
+    def pilot(k, mala, diverged=False):
+        return ChainResult(chain=k, seed=k, llc=1.0, status="diverged" if diverged else "succeeded",
+                           loss_trace=[1.0 + 0.01 * (i % 3) for i in range(plan.steps)],
+                           init_trace=[1.0] * plan.steps, mala_acceptance=mala, gradient_noise=0.01)
+
+    accepts = [0.99, 0.97, 0.95, 0.9, 0.7, 0.6, 0.5, 0.4, 0.3]
+    cal = choose(plan, [pilot(k, m) for k, m in enumerate(accepts)])
+    assert cal["step_size"] == pytest.approx(math.sqrt(plan.grid[3] * plan.grid[4]))
+    assert "refined" in cal["step_size_reason"]
+    cal = choose(plan, [pilot(k, m, diverged=k >= 4) for k, m in enumerate(accepts)])
+    assert cal["step_size"] == plan.grid[3]
