@@ -17,6 +17,14 @@
    plus attention scores saying which heads attend to the previous token and which
    do induction.
 4. Prints a table and writes llc_heads.png (heatmap per checkpoint) and results.json.
+
+With --service (docs/trajectories.md) step 3 is one LLC trajectory job instead: a local Ray
+cluster and the llc.v1 server (SQLite) start, the SDK submits every checkpoint and every
+head restriction over gRPC, and the result's per-head λ̂(t) curves, stage boundaries and the
+induction score per checkpoint are written to trajectory.png and trajectory.json:
+
+    .venv/bin/python examples/induction_heads.py --out induction_heads_out --service \
+        --checkpoints 0 20 40 60 80 100 150 200 300 400 600
 """
 from __future__ import annotations
 
@@ -194,6 +202,61 @@ def heatmap(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def trajectory_job(saved: list[dict], data: Path, args: argparse.Namespace) -> dict:
+    """Every checkpoint × head restriction as one trajectory job through gRPC (local Ray + server)."""
+    from cluster.local_ray import start_head
+    from llc import Client
+    from service.config import ServerConfig
+    from service.server import BackgroundServer
+
+    root = str(args.out.resolve())
+    head = start_head(num_cpus=args.ray_cpus, joinable=False, auth=True)
+    os.environ.update(head.auth_env())
+    server = BackgroundServer(ServerConfig(address="127.0.0.1:0", store_url=str(args.out / "jobs.sqlite"),
+                                           ray_dashboard_url=head.dashboard_url, allowed_roots=(root,))).start()
+    try:
+        with Client(server.address, client_id="induction-heads") as client:
+            t0 = time.time()
+            est = client.submit(None, {"files": [str(data.resolve())], "input_ids_column": "input_ids",
+                                       "text_column": "", "context_length": 2 * args.half, "packing": False},
+                                checkpoints=[(c["step"], c["path"]) for c in saved],
+                                restrictions=[f"head_{l}.{h}=head:{l}.{h}" for l in range(LAYERS) for h in range(HEADS)],
+                                chains=args.chains, draws=args.draws, burn_in=args.burn_in, step_size=args.step_size,
+                                nbeta=args.nbeta, gamma=args.gamma, seed=args.seed, batch_size=32, init_loss="full")
+            print(f"  trajectory job {est.id}: {len(saved)} checkpoints x {LAYERS * HEADS} heads", flush=True)
+            done = client.wait(est.id)
+            if done.state != "SUCCEEDED":
+                raise SystemExit(f"trajectory job {done.state}: {done.error_code} {done.error_message}")
+            result = done.result
+            print(f"  done in {time.time() - t0:.0f}s", flush=True)
+    finally:
+        server.stop()
+        head.stop()
+    steps = [c["step"] for c in saved]
+    best = {(l, h): max(c["induction"][l][h] for c in saved) for l in range(LAYERS) for h in range(HEADS)}
+    (l1, h1) = max(best, key=best.get)  # the head that ends up doing induction
+    induction = [c["induction"][l1][h1] for c in saved]
+    result.plot_trajectories(str(args.out / "trajectory.png"),
+                             extra={f"induction score of head {l1}.{h1}": (steps, induction)})
+    # where the induction score rises fastest (per decade of steps, as the curves' axis)
+    x = [math.log10(s + 1) for s in steps]
+    rise = max(range(1, len(steps)), key=lambda i: (induction[i] - induction[i - 1]) / max(x[i] - x[i - 1], 1e-9))
+    print(f"\n{result.table()}")
+    print(f"\ninduction score of head {l1}.{h1} per checkpoint: "
+          + ", ".join(f"{s}: {v:.2f}" for s, v in zip(steps, induction)))
+    print(f"it rises fastest between steps {steps[rise - 1]} and {steps[rise]}")
+    for t in result.trajectories:
+        for b in t.boundaries:
+            off = math.log10(b["step"] + 1) - (x[rise - 1] + x[rise]) / 2
+            print(f"  {t.restriction}: boundary at step ≈ {b['step']} (confidence {b['confidence']:.2f}), "
+                  f"{off:+.2f} decades from the induction rise")
+    doc = {"steps": steps, "induction_head": f"{l1}.{h1}", "induction_score": induction,
+           "induction_rise": [steps[rise - 1], steps[rise]], "result": result.to_dict()}
+    (args.out / "trajectory.json").write_text(json.dumps(doc, indent=1, default=str))
+    print(f"wrote {args.out / 'trajectory.png'} and {args.out / 'trajectory.json'}")
+    return doc
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("induction_heads_out"))
@@ -210,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is fastest for this tiny model, above all on a busy machine")
+    ap.add_argument("--service", action="store_true",
+                    help="estimate through one trajectory job over gRPC (local Ray + server) instead of in-process")
+    ap.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray cluster (--service)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nper-head LLCs: {LAYERS * HEADS} head restrictions x {len(saved)} checkpoints, "
           f"{config.chains} chains x {config.total_steps} SGLD steps (eps={config.step_size}, "
           f"nbeta={config.nbeta}, gamma={config.gamma})", flush=True)
+    if args.service:
+        trajectory_job(saved, data, args)
+        print(f"({time.time() - t0:.0f}s in all)")
+        return
     results = []
     for ckpt in saved:
         t1 = time.time()
