@@ -153,3 +153,22 @@ def test_sdk_builds_trajectory_requests(tmp_path):
     assert spec.calibrate_at_step == 20 and spec.HasField("use_cache") and not spec.use_cache
     with pytest.raises(ValueError, match="STEP=SOURCE"):
         checkpoint("step20")
+
+
+def test_hub_checkpoints_are_keyed_by_their_commits(hub, monkeypatch, tmp_path, text_jsonl):
+    """Revisions of one hub repository resolve to commits through huggingface_hub (the local stand-in of
+    tests/fixtures/hub.py); an unknown revision has no key and says why."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    sd = spec_dict([], text_jsonl, model={"hub_id": "tiny/lm"})
+    sd["checkpoints"] = [{"step": 1, "revision": "step1"}, {"step": 2, "revision": "main"},
+                         {"step": 3, "revision": "no-such-branch"}]
+    keys, info = unit_keys(JobSpec.from_dict(sd))
+    commits = hub.commits["tiny/lm"]
+    assert info["checkpoints"] == {1: f"commit:tiny/lm@{commits['step1']}", 2: f"commit:tiny/lm@{commits['main']}"}
+    assert sorted(keys) == [(1, "full"), (1, "l0"), (2, "full"), (2, "l0")]
+    assert any("step3" in e and "no-such-branch" in e for e in info["errors"])
