@@ -172,3 +172,24 @@ def test_hub_checkpoints_are_keyed_by_their_commits(hub, monkeypatch, tmp_path, 
     assert info["checkpoints"] == {1: f"commit:tiny/lm@{commits['step1']}", 2: f"commit:tiny/lm@{commits['main']}"}
     assert sorted(keys) == [(1, "full"), (1, "l0"), (2, "full"), (2, "l0")]
     assert any("step3" in e and "no-such-branch" in e for e in info["errors"])
+
+
+def test_submission_checks_each_checkpoint_directory(make_server, ckpts, text_jsonl, tmp_path):
+    """At CreateEstimate, before Ray: a checkpoint outside the allowed roots, without config.json, or a
+    repeated step is refused with the checkpoint's field."""
+    from llc import Client
+    from llc.errors import LLCError
+
+    server = make_server(allowed_roots=(str(ckpts[0][1].parent), str(text_jsonl.parent)))
+    empty = ckpts[0][1].parent / "no-config"
+    empty.mkdir(exist_ok=True)
+    cases = [
+        ([(1, str(ckpts[0][1])), (2, str(empty))], "NOT_FOUND", "checkpoints[1].local_path"),
+        ([(1, str(ckpts[0][1])), (2, str(tmp_path))], "PERMISSION_DENIED", "checkpoints[1].local_path"),
+        ([(1, str(ckpts[0][1])), (1, str(ckpts[1][1]))], "INVALID_ARGUMENT", "unique"),
+    ]
+    with Client(server.address, client_id="traj-checks") as client:
+        for checkpoints, code, words in cases:
+            with pytest.raises(LLCError) as err:
+                client.submit(None, str(text_jsonl), checkpoints=checkpoints, step_size=1e-3, nbeta=10.0)
+            assert err.value.code == code and words in str(err.value), (code, str(err.value))
