@@ -27,6 +27,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                       default_timeout_s=args.default_timeout,
                                       preview_timeout_s=args.preview_timeout, results_dir=args.results_dir,
                                       max_observable_values=args.max_observable_values).items() if v not in (None, "")}
+    if args.results_dir == "":  # `--results-dir=`: no artifacts; observables are refused (FAILED_PRECONDITION)
+        settings["results_dir"] = ""
     try:
         serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, stop=args.stop, **settings)
     except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
