@@ -129,7 +129,12 @@ class Job:
         if spec.observables is not None:  # merge the workers' parts, BIF and susceptibilities (cluster/observables.py)
             from cluster.observables import finish_artifact
 
-            doc["observables"] = finish_artifact(spec, self.pool.results)
+            try:
+                doc["observables"] = finish_artifact(spec, self.pool.results)
+            except Exception as exc:  # the LLCs stand without it; say why the artifact is missing
+                log.exception("observables artifact failed")
+                doc["observables"] = {"artifact": spec.job_id, "files": {},
+                                      "warnings": [f"the observables artifact failed: {type(exc).__name__}: {exc}"]}
         failed = [(r, c) for (r, c), d in self.pool.results.items() if d.get("status") == "failed"]
         if failed:
             raise ChainsFailed(self._failed_message(failed), doc)
