@@ -227,11 +227,13 @@ def test_auto_settings_run_pilots_as_units_then_the_main_chains_at_the_chosen_st
             **chain_dict(k, 1.0), "loss_trace": [1.0 + 0.001 * (i % 3) for i in range(plan.steps)],
             "init_trace": [1.0] * plan.steps, "mala_acceptance": 0.99 - 0.05 * k, "gradient_noise": 0.0})
     settings = pool.settings[0]
-    assert settings["step_size"] == plan.grid[3] and settings["nbeta"] == pytest.approx(20_000 / math.log(20_000))
+    # the fourth pilot (MALA 0.84) is chosen; ε moves up to where MALA crosses 0.8 towards the fifth (0.79)
+    refined = plan.grid[3] * (plan.grid[4] / plan.grid[3]) ** 0.8
+    assert settings["step_size"] == pytest.approx(refined) and settings["nbeta"] == pytest.approx(20_000 / math.log(20_000))
     assert isinstance(settings["burn_in"], int) and 1 not in pool.settings  # restriction 1 still waits
     assert pool.results == {}  # pilots are not chains of the result
     doc = result_document(spec, {(0, 0): chain_dict(0, 1.0), (0, 1): chain_dict(1, 1.2)}, [None, None], None, {},
                           settings=pool.settings, calibrations=pool.calibrations)
     full = doc["restrictions"][0]
-    assert full["config"]["step_size"] == plan.grid[3]
+    assert full["config"]["step_size"] == pytest.approx(refined)
     assert [p["chosen"] for p in full["calibration"]["pilots"]].index(True) == 3
