@@ -21,17 +21,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from cluster.engine.estimate import _to_device
+
 PerExampleLoss = Callable[[torch.nn.Module, Any], torch.Tensor]
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return type(batch)({k: _to_device(v, device) for k, v in batch.items()})
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 class ObservableRecorder:
