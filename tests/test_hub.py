@@ -366,12 +366,24 @@ def test_offline_reuses_what_was_downloaded(loaded, hub):
 
 
 # -- an estimate job on a hub model --------------------------------------------------------
+def _run_driver(spec: dict, hub, tmp_path, *, timeout: int) -> dict:
+    """Runs one job with `cluster.driver --local` against the stand-in hub; returns its result document."""
+    from cluster.events import parse_lines
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    env = {k: v for k, v in subprocess_env(hub.url, tmp_path / "hf").items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-m", "cluster.driver", "--spec", str(spec_file), "--local",
+                          "--num-cpus", "1"], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    events = list(parse_lines(out.stdout.splitlines()))
+    assert out.returncode == 0 and events and events[-1]["type"] == "result", (out.stderr[-3000:], events[-2:])
+    return events[-1]["result"]
+
+
 @pytest.mark.slow
 def test_an_estimate_job_on_a_hub_model(hub, tmp_path):
     """The driver (local Ray; its workers inherit the environment) estimates on tiny/lm@step1 and
     tiny/texts: the result's provenance names both commits."""
-    from cluster.events import parse_lines
-
     spec = {
         "job_id": "hub-job",
         "model": {"hub_id": "tiny/lm", "revision": "step1"},
@@ -382,14 +394,7 @@ def test_an_estimate_job_on_a_hub_model(hub, tmp_path):
         "batch_size": 8,
         "compute": {"cpus_per_chain": 1},
     }
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    env = {k: v for k, v in subprocess_env(hub.url, tmp_path / "hf").items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-m", "cluster.driver", "--spec", str(spec_file), "--local",
-                          "--num-cpus", "1"], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    events = list(parse_lines(out.stdout.splitlines()))
-    assert out.returncode == 0 and events and events[-1]["type"] == "result", (out.stderr[-3000:], events[-2:])
-    result = events[-1]["result"]
+    result = _run_driver(spec, hub, tmp_path, timeout=300)
     (full,) = result["restrictions"]
     assert len(full["chains"]) == 2 and full["llc_mean"] == full["llc_mean"]  # not NaN
     prov = result["provenance"]
@@ -397,21 +402,10 @@ def test_an_estimate_job_on_a_hub_model(hub, tmp_path):
     assert prov["dataset"]["commit"] == hub.commits["tiny/texts"]["main"]
 
 
-def _has_trajectories() -> bool:
-    try:
-        from cluster.spec import Checkpoint  # noqa: F401 (issue 14's trajectory jobs)
-    except ImportError:
-        return False
-    return (REPO / "cluster" / "trajectory.py").is_file()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_trajectories(), reason="trajectory jobs (cluster/trajectory.py) are not in this tree")
 def test_a_trajectory_over_hub_revisions(hub, tmp_path):
     """Checkpoints named by revisions of one hub model: each identified by its commit; an unknown
     revision fails that checkpoint with NOT_FOUND naming it and keeps the others."""
-    from cluster.events import parse_lines
-
     spec = {
         "job_id": "hub-trajectory",
         "model": {"hub_id": "tiny/lm"},
@@ -423,14 +417,7 @@ def test_a_trajectory_over_hub_revisions(hub, tmp_path):
         "batch_size": 8,
         "compute": {"cpus_per_chain": 1},
     }
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    env = {k: v for k, v in subprocess_env(hub.url, tmp_path / "hf").items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-m", "cluster.driver", "--spec", str(spec_file), "--local",
-                          "--num-cpus", "1"], capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
-    events = list(parse_lines(out.stdout.splitlines()))
-    assert out.returncode == 0 and events and events[-1]["type"] == "result", (out.stderr[-3000:], events[-2:])
-    by_step = {cp["step"]: cp for cp in events[-1]["result"]["checkpoints"]}
+    by_step = {cp["step"]: cp for cp in _run_driver(spec, hub, tmp_path, timeout=400)["checkpoints"]}
     good, bad = by_step[1], by_step[5]
     assert good["status"] == "succeeded" and good["identity"] == f"commit:tiny/lm@{hub.commits['tiny/lm']['step1']}"
     assert bad["status"] == "failed" and "NOT_FOUND" in bad["message"] and "no revision 'nope'" in bad["message"]
