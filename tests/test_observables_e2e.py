@@ -25,8 +25,9 @@ def test_two_observable_datasets_on_two_nodes_artifact_reads_back(ray_nodes, tmp
         client = Client(server.address, client_id="obs-e2e")
         observed = {"datasets": {"short": str(other_text_jsonl), "long": str(text_jsonl)}, "granularity": "token",
                     "every": 2, "max_examples": 4}
+        # 8 units of 30 draws: enough work that both nodes' workers take units even when one loads late
         submitted = client.submit(str(tiny_lm_dirs["gpt2"]), str(text_jsonl), restrictions=["full=all", "l0=layer:0"],
-                                  observables=observed, **SMALL)
+                                  observables=observed, **{**SMALL, "chains": 4, "draws": 30})
         final = client.wait(submitted.id, timeout=300)
         assert final.state == "SUCCEEDED", final
         result = final.result
@@ -45,9 +46,9 @@ def test_two_observable_datasets_on_two_nodes_artifact_reads_back(ray_nodes, tmp
         art = client.observables(submitted.id)
         losses = art.losses
         assert set(losses["observable"]) == {"short", "long", "sampling"}
-        assert set(losses["restriction"]) == {"full", "l0"} and set(losses["chain"]) == {0, 1}
+        assert set(losses["restriction"]) == {"full", "l0"} and set(losses["chain"]) == {0, 1, 2, 3}
         da = art.to_xarray("l0", "short")
-        assert da.dims == ("chain", "draw", "example", "token") and da.shape == (2, 5, 4, 15)
+        assert da.dims == ("chain", "draw", "example", "token") and da.shape == (4, 15, 4, 15)
         assert np.isfinite(da.values).all()
         # small chunks reassemble to the same bytes
         assert client.fetch_artifact(submitted.id, "bif.parquet", chunk_bytes=100) == art.files["bif.parquet"]
