@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from cluster.engine import calibrate
+from cluster.engine import batched, calibrate
 from cluster.engine.config import ConfigError, SamplerConfig
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
 from cluster.engine.lean import LeanSGLD
@@ -209,6 +209,8 @@ def estimate_llc(
     sample_size: int | None = None,
     memory: str = "standard",
     observer: Any = None,
+    batch_chains: int = 1,
+    update: str = "foreach",
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -237,6 +239,11 @@ def estimate_llc(
             10 instead of 14 bytes per moving weight, no MALA estimate).
         observer: a cluster.engine.observables.ObservableRecorder: records per-example losses of
             its example sets every k-th draw of every main chain (not of calibration pilots).
+        batch_chains: run the main chains in groups of this many as one batched computation
+            (cluster.engine.batched: stacked weights, functional_call + vmap); same seeds and
+            noise streams, so the same chains up to rounding. Falls back to one chain at a time
+            where it cannot batch (the lean mode, observables, a loss_fn vmap cannot run).
+        update: the SGLD update, "foreach" (reference), "fused" or "compiled" (cluster.engine.fused).
 
     Settings left "auto" in `config` are chosen first (cluster.engine.calibrate):
     pilot chains over a grid of ε, then the main chains at the chosen ε. The result's
@@ -244,6 +251,10 @@ def estimate_llc(
     """
     if not (isinstance(workers, int) and workers >= 1):
         raise ConfigError("workers", f"must be an integer >= 1, got {workers!r}")
+    if not (isinstance(batch_chains, int) and batch_chains >= 1):
+        raise ConfigError("batch_chains", f"must be an integer >= 1, got {batch_chains!r}")
+    if update not in ("foreach", "fused", "compiled"):
+        raise ConfigError("update", f"must be 'foreach', 'fused' or 'compiled', got {update!r}")
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
     moving = _resolve_moving(model, params)
@@ -268,7 +279,15 @@ def estimate_llc(
         def run_all(cfg: SamplerConfig, which: list[int], report, observe=None) -> list[ChainResult]:
             run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=cfg,
                                     init_loss=init_loss if mode == "full" else None, elements=elements,
-                                    progress=report, amp=amp, memory=memory, observer=observe)
+                                    progress=report, amp=amp, memory=memory, observer=observe, update=update)
+            if batch_chains > 1 and len(which) > 1 and batched.supported(memory, observe) is None:
+                try:
+                    return [r for k in range(0, len(which), batch_chains) for r in batched.run_chains_batched(
+                        model, moving, which[k:k + batch_chains], loss_fn=loss_fn, batches=batches, config=cfg,
+                        init_loss=init_loss if mode == "full" else None, elements=elements, progress=report,
+                        amp=amp, update=update)]
+                except batched.BatchingUnsupported:
+                    pass  # one chain at a time below (the model is still at w*: batching never moves it)
             n = min(workers, len(which))
             return [run(model, moving, i) for i in which] if n == 1 else _run_concurrently(run, model, moving, which, n)
 
@@ -328,7 +347,8 @@ def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> l
 
 
 def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
-               elements: int, progress, amp: str, memory: str = "standard", observer=None) -> ChainResult:
+               elements: int, progress, amp: str, memory: str = "standard", observer=None,
+               update: str = "foreach") -> ChainResult:
     params = [p for _, p, _ in moving]
     device = params[0].device
     seed = chain_seed(config.seed, chain)
@@ -344,6 +364,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
         eps=config.rmsprop_eps,
         generator=generator,
         track_mala=config.mala,
+        **({"update": update} if memory != "lean" else {}),
     )
     total = config.total_steps
     draw_steps = np.asarray(config.draw_steps())
@@ -436,8 +457,12 @@ def _loss_at_anchor(model, loss_fn, batch, optimizer: SGLD, device, amp: str) ->
         with _autocast(device, amp):
             return loss_fn(model, batch).detach()
     params = [p for p, _ in pairs]
-    current = [p.detach().clone() for p in params]
-    torch._foreach_copy_(params, [a.to(p.dtype) for p, a in pairs])
+    # w is kept in a buffer reused between steps (the optimizer's): no allocation per draw
+    current = getattr(optimizer, "_swap_buffer", None)
+    if current is None or len(current) != len(params) or any(c.shape != p.shape for c, p in zip(current, params)):
+        current = optimizer._swap_buffer = [torch.empty_like(p) for p in params]
+    torch._foreach_copy_(current, params)
+    torch._foreach_copy_(params, [a if a.dtype == p.dtype else a.to(p.dtype) for p, a in pairs])
     try:
         with _autocast(device, amp):
             return loss_fn(model, batch).detach()
