@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from cluster.tiny import make_tiny_lm
-from llc import Client
+from llc import Client, trajectories
 from llc.cli import main as cli
 from service.config import ServerConfig
 from service.server import BackgroundServer
@@ -107,3 +107,28 @@ def test_trajectory_cache_and_a_bad_checkpoint(server, ray_head, checkpoints, te
         args += [f"--{k.replace('_', '-')}", str(v)]
     assert cli(args) == 0
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_automatic_settings_are_calibrated_once_and_shared(server, checkpoints, text_jsonl):
+    """ε, nβ and burn-in left to the product: the pilots run at the named checkpoint only (it runs
+    first), and every checkpoint's chains run at the settings chosen there."""
+    client = Client(server.address, client_id="traj-auto")
+    auto = dict(chains=2, draws=30, context_length=16, batch_size=4)  # no step_size, nbeta or burn_in
+    named = [(s, checkpoints[s]) for s in (10, 100, 1000)]
+    est = client.submit(None, str(text_jsonl), checkpoints=named, restrictions=["full=all"], calibrate_at_step=100,
+                        use_cache=False, **auto)
+    done = client.wait(est.id, timeout=400)
+    assert done.state == "SUCCEEDED", done.error_message
+    r = done.result
+    assert r.calibration_checkpoint["step"] == 100
+    by_step = {c.step: c.restrictions[0] for c in r.checkpoints}
+    assert all(c.status == "succeeded" for c in r.checkpoints), [(c.step, c.message) for c in r.checkpoints]
+    chosen = {s: (x.config["step_size"], x.config["nbeta"], x.config["burn_in"]) for s, x in by_step.items()}
+    assert len(set(chosen.values())) == 1, chosen  # one set of settings for the whole curve
+    step_size, nbeta, _ = chosen[100]
+    cal = by_step[100].calibration
+    assert cal["pilots"] and sum(p["chosen"] for p in cal["pilots"]) == 1
+    assert cal["step_size"] == pytest.approx(step_size) and cal["nbeta"] == pytest.approx(nbeta)
+    for s in (10, 1000):  # the record of where the settings came from, not pilots of their own
+        assert by_step[s].calibration["step_size"] == pytest.approx(step_size)
+    assert "calibrated at checkpoint step100 (step 100) and reused" in trajectories.table(r)
