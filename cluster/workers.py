@@ -111,6 +111,10 @@ class ChainWorker:
         # kernels reduce in a thread-count-dependent order, and a chain's λ̂ must not depend on placement.
         torch.set_num_threads(max(1, int(spec.compute.cpus_per_chain)))
         loaded = self._load_model()
+        if spec.compute.lean_memory:  # lean chains keep one hidden state per layer (cluster.models)
+            from cluster.models import checkpoint_activations
+
+            loaded.provenance["checkpointed_layers"] = checkpoint_activations(loaded.model)
         datasets, batches = {}, {}
         vocab = loaded.model.get_input_embeddings().num_embeddings
         for key, ref in dataset_refs(spec).items():

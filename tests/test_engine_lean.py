@@ -105,3 +105,15 @@ def test_lean_needs_half_precision_weights():
     fp32, _, batches = _models()
     with pytest.raises(ConfigError, match="load the model in bfloat16"):
         estimate_llc(fp32, mse, batches, SamplerConfig(**SETTINGS), memory="lean")
+
+
+def test_lean_with_default_settings_has_no_mala_and_says_what_calibration_could_not_see():
+    """mala defaults to true; the lean mode keeps no copies for it, so the chains report none (it
+    crashed on the missing virial before), and automatic ε says its pilots saw no MALA or τ."""
+    _, lean, batches = _models()
+    result = estimate_llc(lean, mse, batches, SamplerConfig(chains=2, draws=100), memory="lean")
+    assert all(c.mala_acceptance is None for c in result.chains)
+    assert all(p["mala_acceptance"] is None for p in result.calibration["pilots"])
+    assert any("no pilot measured MALA acceptance or gradient noise" in w for w in result.warnings), result.warnings
+    explicit = estimate_llc(lean, mse, batches, SamplerConfig(**{**SETTINGS, "mala": True}), memory="lean")
+    assert not any("no pilot measured" in w for w in explicit.warnings)

@@ -138,3 +138,42 @@ def test_hub_id_resolves_revision_to_commit_from_the_cache(tiny_lm_dirs, tmp_pat
     for rev in ("v2", "0" * 40):
         code, message = out[rev]
         assert code == "UNAVAILABLE" and f"at revision '{rev}' is not in the local Hugging Face cache" in message
+
+
+@pytest.mark.parametrize("key", ["gpt_neox", "llama"])
+def test_checkpointed_activations_keep_the_losses_and_fewer_bytes(tiny_lm_dirs, key):
+    """The lean mode's activation checkpointing: the same lean chain's losses exactly, dropout
+    submodules still in eval mode, and far fewer bytes kept for the backward pass."""
+    from cluster.datasets import lm_loss
+    from cluster.engine import SamplerConfig, estimate_llc
+    from cluster.models import checkpoint_activations
+
+    def kept_bytes(model, batch) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lm_loss(model, batch).backward()
+        model.zero_grad(set_to_none=True)
+        return total
+
+    tokens = torch.randint(3, 40, (8, 4, 32), generator=torch.Generator().manual_seed(0))
+    batches = list(tokens)
+    config = SamplerConfig(step_size=1e-4, nbeta=20.0, gamma=100.0, chains=2, draws=12, burn_in=0, fetch_every=4)
+    runs = {}
+    for checkpointed in (False, True):
+        model = load_model(ModelRef(local_path=str(tiny_lm_dirs[key]), dtype="bfloat16")).model
+        if checkpointed:
+            assert checkpoint_activations(model) == model.config.num_hidden_layers
+            assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
+        model.requires_grad_(True)
+        before = kept_bytes(model, batches[0])
+        model.requires_grad_(False)
+        runs[checkpointed] = before, estimate_llc(model, lm_loss, batches, config, memory="lean")
+    (plain_bytes, plain), (ckpt_bytes, ckpt) = runs[False], runs[True]
+    assert [c.loss_trace for c in ckpt.chains] == [c.loss_trace for c in plain.chains]
+    assert ckpt_bytes < 0.6 * plain_bytes, (ckpt_bytes, plain_bytes)

@@ -86,8 +86,9 @@ class PilotPlan:
         return self.config_for(0)
 
     def config_for(self, k: int) -> SamplerConfig:
+        # mala=True whatever the main run asks: the verdicts rest on MALA acceptance and τ
         return self.base.replace(step_size=self.grid[k], nbeta=self.nbeta, burn_in=0, draws=self.steps,
-                                 steps_between_draws=1, chains=len(self.grid),
+                                 steps_between_draws=1, chains=len(self.grid), mala=True,
                                  seed=(self.base.seed + PILOT_SEED_SALT) % 2**63,
                                  fetch_every=min(self.base.fetch_every, max(1, self.steps // 4)))
 
@@ -151,6 +152,10 @@ def choose(plan: PilotPlan, results: list[ChainResult], init_loss: float | None 
                             f"({rows[0]['why']}); leave step_size unset to calibrate it.")
     else:
         index, why = _choose_step(rows, warnings)
+        if not any(r.get("mala_acceptance") is not None or r.get("gradient_noise") is not None for r in rows):
+            warnings.append("no pilot measured MALA acceptance or gradient noise (the lean memory mode tracks "
+                            "neither), so a too-large ε could only be seen as a divergence or a trend: check the "
+                            "chosen step_size without compute.lean_memory on a smaller model, or set step_size.")
     step_size = plan.grid[index]
     if base.step_size == AUTO and rows[index]["verdict"] == "ok":
         step_size, refined = _refine(rows, index)

@@ -354,6 +354,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     seed = chain_seed(config.seed, chain)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
+    track = config.mala and memory != "lean"  # the lean mode keeps no copies for MALA (cluster.engine.lean)
     optimizer = (LeanSGLD if memory == "lean" else SGLD)(
         [{"params": params, "masks": [m for _, _, m in moving]}],
         lr=config.step_size,
@@ -363,7 +364,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
         alpha=config.rmsprop_alpha,
         eps=config.rmsprop_eps,
         generator=generator,
-        track_mala=config.mala,
+        track_mala=track,
         **({"update": update} if memory != "lean" else {}),
     )
     total = config.total_steps
@@ -377,8 +378,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     paired = init_loss is None
     losses = torch.zeros(total, device=device)
     inits = torch.zeros(total, device=device)
-    log_accept = torch.full((total,), float("nan"), device=device) if config.mala else None
-    virial = torch.zeros(total, device=device) if config.mala else None
+    log_accept = torch.full((total,), float("nan"), device=device) if track else None
+    virial = torch.zeros(total, device=device) if track else None
     blowup = BLOWUP_FACTOR * max(elements / 2, 1.0) / config.nbeta
     status, message, steps_done = SUCCEEDED, "", 0
     fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
