@@ -195,3 +195,23 @@ def test_a_rank_killed_mid_chain_is_retried(ray_head, tiny_gpt2_dir, text_jsonl)
     retried = [c for c in r["chains"] if c["attempts"] == 2]
     assert [c["chain"] for c in retried] == [killed[0]["chain"]]
     assert killed[0]["rank_pids"][1] not in retried[0]["extra"]["rank_pids"]
+
+
+def test_a_lean_memory_worker_checkpoints_activations_and_runs_default_settings(ray_here, tiny_gpt2_dir, text_jsonl):
+    """The single-process alternative to sharding (compute.lean_memory): a chain worker on a bf16
+    model turns on activation checkpointing and runs a chain with the default mala=true."""
+    import math
+
+    from cluster.spec import JobSpec
+    from cluster.workers import ChainWorker, dataset_key
+
+    data = job_spec(tiny_gpt2_dir, text_jsonl, "lean", ranks_per_chain=1, lean_memory=True)
+    data["model"]["dtype"] = "bfloat16"
+    data["sampler"] = {k: v for k, v in data["sampler"].items() if k != "mala"}
+    spec = JobSpec.from_dict(data)
+    worker = ChainWorker(spec.to_json())
+    summary = worker.prepare()
+    assert summary["model_provenance"]["checkpointed_layers"] == 2 and summary["model_provenance"]["dtype"] == "bfloat16"
+    key = dataset_key(spec.dataset)
+    chain = worker.run_chain(0, 0, 1, worker.init_loss(key))
+    assert chain["status"] == "succeeded" and math.isfinite(chain["llc"]) and chain["mala_acceptance"] is None
