@@ -223,3 +223,25 @@ def test_too_large_step_on_a_deep_network_is_reported_not_returned():
     assert result.diagnostics["diverged_chains"] == [0, 1]
     assert math.isnan(result.llc_mean)
     assert any("diverged" in w for w in result.warnings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "widths,rank,draws",
+    [
+        pytest.param((10, 5, 10), 2, 2000, id="rrr-10-5-10-r2"),
+        pytest.param((8, 6, 6, 8), 2, 2000, id="dln-8-6-6-8-r2"),
+    ],
+)
+def test_deep_linear_network_with_everything_automatic(widths, rank, draws):
+    """The fast subset of `bench/theory_table.py --auto`: ε, nβ and burn-in chosen by the product
+    (pilots, n/log n, MSER), batches of 100 reshuffled every pass; within 15% of Aoyagi's λ."""
+    truth = deep_linear_network(widths, rank)
+    model = make_dln(widths, rank, seed=0)
+    x, y = make_dln_data(model, DLN_N, seed=0)
+    config = SamplerConfig(method="sgld", gamma=1.0, chains=4, draws=draws, seed=0, fetch_every=500)
+    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, 100), config)
+    assert result.config.nbeta == pytest.approx(DLN_N / math.log(DLN_N))
+    assert abs(result.llc_mean - truth) <= DLN_TOLERANCE * truth, (result.llc_mean, truth, result.calibration["pilots"])
+    assert result.calibration["cost"]["fraction"] <= 1 / 3 + 0.01
+    assert not result.diagnostics["diverged_chains"], result.warnings
