@@ -257,7 +257,7 @@ def make_batches(ds: TokenDataset, batch_size: int, *, shuffle: bool = True,
 
 def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy per token (scalar), computed in float32."""
-    logits = model(input_ids=batch).logits[:, :-1]
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # no KV cache: nothing decodes later
     targets = batch[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 

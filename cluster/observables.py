@@ -53,7 +53,7 @@ def token_losses(model, batch):
     """Per-token next-token cross-entropy (batch, tokens - 1), float32 (cluster.datasets.lm_loss, unreduced)."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch).logits[:, :-1]
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # no KV cache: nothing decodes later
     targets = batch[:, 1:]
     flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
     return flat.reshape(targets.shape)
