@@ -69,7 +69,9 @@ class SamplerConfig:
     init_loss_batches: int = 0  # 0: all batches
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # autocast dtype of forward/backward
     rmsprop_alpha: float = 0.99
-    rmsprop_eps: float = 1e-5
+    # a in 1/G = √V̂ + a. At a singular w* most directions have gradient ~0, so a small a makes G ≈ 1/a
+    # there: a = 1e-5 threw every chain off a 10-5-10 deep linear network (docs/calibration.md).
+    rmsprop_eps: float = 0.1
     mala: bool = True  # estimate the MALA acceptance probability of the proposals
     fetch_every: int = 50  # losses stay on the device and are fetched in blocks this long
     # pilot chains' steps in all, as a fraction of the main run's (chains × draws × steps_between_draws)
