@@ -92,11 +92,7 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
     anchor_loss = torch.func.vmap(bound, in_dims=0, randomness="error")
 
     total = config.total_steps
-    draw_steps = np.asarray(config.draw_steps())
-    is_draw = np.zeros(total, dtype=bool)
-    is_draw[draw_steps] = True
-    is_paired = is_draw.copy()
-    is_paired[: config.fetch_every] = True
+    is_draw, is_paired = E.step_masks(config)
     paired = init_loss is None
     losses = torch.zeros(count, total, device=device)
     inits = torch.zeros(count, total, device=device)

@@ -346,6 +346,17 @@ def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> l
     return [r for part in parts for r in part]
 
 
+def step_masks(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(is_draw, is_paired) over a chain's steps. L_m(w*) is evaluated on the step's own batch at
+    every draw (the diagnostics' paired signal, and λ̂ in paired mode) and over the first block
+    (the batch-noise scale for the blow-up check)."""
+    is_draw = np.zeros(config.total_steps, dtype=bool)
+    is_draw[np.asarray(config.draw_steps())] = True
+    is_paired = is_draw.copy()
+    is_paired[: config.fetch_every] = True
+    return is_draw, is_paired
+
+
 def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
                elements: int, progress, amp: str, memory: str = "standard", observer=None,
                update: str = "foreach") -> ChainResult:
@@ -368,13 +379,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
         **({"update": update} if memory != "lean" else {}),
     )
     total = config.total_steps
-    draw_steps = np.asarray(config.draw_steps())
-    is_draw = np.zeros(total, dtype=bool)
-    is_draw[draw_steps] = True
-    # L_m(w*) on the same batch: at every draw (the diagnostics' paired signal, and λ̂ in
-    # paired mode) and over the first block (the batch-noise scale for the blow-up check).
-    is_paired = is_draw.copy()
-    is_paired[: config.fetch_every] = True
+    is_draw, is_paired = step_masks(config)
     paired = init_loss is None
     losses = torch.zeros(total, device=device)
     inits = torch.zeros(total, device=device)
@@ -385,7 +390,7 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     fetched = np.zeros(total)  # host copies of the device buffers, filled block by block
     fetched_inits = np.zeros(total)
     stream = _batch_stream(batches, seed)
-    recorder = observer.chain(chain, draws=len(draw_steps), device=device, amp=amp) if observer is not None else None
+    recorder = observer.chain(chain, draws=int(is_draw.sum()), device=device, amp=amp) if observer is not None else None
     try:
         for t in range(total):
             batch = _to_device(next(stream), device)
