@@ -154,31 +154,12 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
     variance = optimizer.gradient_variance()
     la_all = log_accept.cpu().numpy() if log_accept is not None else None
     vir_all = virial.cpu().numpy() if virial is not None else None
-    results = []
-    for k, chain in enumerate(chains):
-        n = steps_done[k]
-        f, fi = fetched[k, :n], fetched_inits[k, :n]
-        draws = is_draw[:n]
-        trace, init_trace = f[draws].tolist(), fi[draws].tolist()
-        ok = status[k] == SUCCEEDED
-        llc = E._llc(f, fi if paired else init_loss, is_draw, config) if ok else float("nan")
-        below = float(np.mean(np.asarray(trace) < np.asarray(init_trace))) if trace else None
-        mala = None
-        if la_all is not None and ok:
-            la = la_all[k]
-            la = la[np.isfinite(la)]
-            mala = float(np.mean(np.exp(np.minimum(la, 0.0)))) if la.size else None
-        equipartition = None
-        if vir_all is not None and ok and draws.any():
-            equipartition = float(vir_all[k, :n][draws].mean() / max(elements, 1))
-        noise = None
-        if variance is not None and ok:
-            noise = float(config.step_size * config.nbeta**2 * float(variance[k]) / 4)
-        results.append(ChainResult(chain=chain, seed=seeds[k], llc=llc, status=status[k], loss_trace=trace,
-                                   init_trace=init_trace, mala_acceptance=mala, frac_below_init=below,
-                                   gradient_noise=noise, equipartition=equipartition, steps=n,
-                                   message=message[k]))
-    return results
+    return [E.chain_result(chain, seeds[k], status[k], message[k], fetched[k, :steps_done[k]],
+                           fetched_inits[k, :steps_done[k]], is_draw=is_draw, init_loss=init_loss, config=config,
+                           elements=elements, log_accept=la_all[k] if la_all is not None else None,
+                           virial=vir_all[k] if vir_all is not None else None,
+                           variance=float(variance[k]) if variance is not None else None)
+            for k, chain in enumerate(chains)]
 
 
 def supported(memory: str, observer: Any) -> str | None:

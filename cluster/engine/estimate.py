@@ -24,7 +24,7 @@ from cluster.engine import batched, calibrate
 from cluster.engine.config import ConfigError, SamplerConfig
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
 from cluster.engine.lean import LeanSGLD
-from cluster.engine.sgld import SGLD
+from cluster.engine.sgld import SGLD, UPDATES
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Params = Sequence[str] | Mapping[str, "torch.Tensor | None"] | None
@@ -253,8 +253,8 @@ def estimate_llc(
         raise ConfigError("workers", f"must be an integer >= 1, got {workers!r}")
     if not (isinstance(batch_chains, int) and batch_chains >= 1):
         raise ConfigError("batch_chains", f"must be an integer >= 1, got {batch_chains!r}")
-    if update not in ("foreach", "fused", "compiled"):
-        raise ConfigError("update", f"must be 'foreach', 'fused' or 'compiled', got {update!r}")
+    if update not in UPDATES:
+        raise ConfigError("update", f"must be one of {UPDATES}, got {update!r}")
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
     moving = _resolve_moving(model, params)
@@ -430,29 +430,37 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     if recorder is not None:
         recorder.close()
 
-    fetched = fetched[:steps_done]
-    fetched_inits = fetched_inits[:steps_done]
-    draws = is_draw[:steps_done]
+    variance = optimizer.gradient_variance()
+    return chain_result(chain, seed, status, message, fetched[:steps_done], fetched_inits[:steps_done],
+                        is_draw=is_draw, init_loss=init_loss, config=config, elements=elements,
+                        log_accept=log_accept.cpu().numpy() if log_accept is not None else None,
+                        virial=virial.cpu().numpy() if virial is not None else None,
+                        variance=float(variance) if variance is not None else None)
+
+
+def chain_result(chain: int, seed: int, status: str, message: str, fetched: np.ndarray, fetched_inits: np.ndarray, *,
+                 is_draw: np.ndarray, init_loss: float | None, config: SamplerConfig, elements: int,
+                 log_accept: np.ndarray | None, virial: np.ndarray | None, variance: float | None) -> ChainResult:
+    """A chain's result from its host-side losses over the steps it ran (`fetched`, with L_m(w*) of the
+    same batches in `fetched_inits`) and its per-step log α and virial; `init_loss` None is paired mode."""
+    steps = fetched.size
+    draws = is_draw[:steps]
     trace = fetched[draws].tolist()
     init_trace = fetched_inits[draws].tolist()
-    llc = _llc(fetched, fetched_inits if paired else init_loss, is_draw, config) if status == SUCCEEDED else float("nan")
+    ok = status == SUCCEEDED
+    llc = _llc(fetched, fetched_inits if init_loss is None else init_loss, is_draw, config) if ok else float("nan")
     below = float(np.mean(np.asarray(trace) < np.asarray(init_trace))) if trace else None
     mala = None
-    if log_accept is not None and status == SUCCEEDED:
-        la = log_accept.cpu().numpy()
-        la = la[np.isfinite(la)]
+    if log_accept is not None and ok:
+        la = log_accept[np.isfinite(log_accept)]
         mala = float(np.mean(np.exp(np.minimum(la, 0.0)))) if la.size else None
     equipartition = None
-    if virial is not None and status == SUCCEEDED and draws.any():
-        equipartition = float(virial[: steps_done].cpu().numpy()[draws].mean() / max(elements, 1))
-    variance = optimizer.gradient_variance()
-    noise = None
-    if variance is not None and status == SUCCEEDED:
-        noise = float(config.step_size * config.nbeta**2 * float(variance) / 4)
+    if virial is not None and ok and draws.any():
+        equipartition = float(virial[:steps][draws].mean() / max(elements, 1))
+    noise = float(config.step_size * config.nbeta**2 * variance / 4) if variance is not None and ok else None
     return ChainResult(chain=chain, seed=seed, llc=llc, status=status, loss_trace=trace, init_trace=init_trace,
                        mala_acceptance=mala, frac_below_init=below, gradient_noise=noise,
-                       equipartition=equipartition, steps=steps_done,
-                       message=message)
+                       equipartition=equipartition, steps=steps, message=message)
 
 
 @torch.no_grad()

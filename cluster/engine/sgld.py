@@ -32,6 +32,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from cluster.engine import fused
+
 UPDATES = ("foreach", "fused", "compiled")
 
 
@@ -254,8 +256,6 @@ class SGLD(torch.optim.Optimizer):
 
     def _fused_step(self, plan: _Plan, group: dict, grads: list[torch.Tensor]) -> None:
         """The update in one pass per tensor (cluster.engine.fused), same formula as the reference."""
-        from cluster.engine import fused
-
         rmsprop = group["preconditioner"] == "rmsprop"
         device = plan.params[0].device
         if plan.scalars is None:
