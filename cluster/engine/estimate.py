@@ -472,7 +472,7 @@ def _loss_at_anchor(model, loss_fn, batch, optimizer: SGLD, device, amp: str) ->
             return loss_fn(model, batch).detach()
     params = [p for p, _ in pairs]
     # w is kept in a buffer reused between steps (the optimizer's): no allocation per draw
-    current = getattr(optimizer, "_swap_buffer", None)
+    current = optimizer._swap_buffer
     if current is None or len(current) != len(params) or any(c.shape != p.shape for c, p in zip(current, params)):
         current = optimizer._swap_buffer = [torch.empty_like(p) for p in params]
     torch._foreach_copy_(current, params)

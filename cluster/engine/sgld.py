@@ -100,6 +100,7 @@ class SGLD(torch.optim.Optimizer):
         self.chains = len(self.generators) if self.generators is not None else None
         self._plans: dict[int, _Plan] = {}
         self._noise_buffer: torch.Tensor | None = None
+        self._swap_buffer: list[torch.Tensor] | None = None  # w while L_m(w*) is evaluated (estimate._loss_at_anchor)
 
     def anchors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(parameter, w*) pairs captured so far."""
