@@ -11,7 +11,7 @@ relative error exceeds 10%, or a row diverged.
 
 Setup (after Furman & Lau 2024, "Estimating the local learning coefficient at scale"):
 - Model f(x) = W_L ⋯ W_1 x without biases; w* keeps a random orthogonal r×r block in
-  the corner of every W_i and zeros elsewhere (cluster/engine/dln.py): the most singular
+  the corner of every W_i and zeros elsewhere (testbeds/dln.py): the most singular
   point of the true set, where the local learning coefficient is Aoyagi's λ.
 - Data: n = 10,000 examples x ~ U[-10, 10]^H_0, y = f_{w*}(x) (noiseless);
   loss ½·mean‖f(x) - y‖²; batches of 100 reshuffled every pass (per-chain seeds).
@@ -23,8 +23,9 @@ Setup (after Furman & Lau 2024, "Estimating the local learning coefficient at sc
   shape tried; ε shrinks as the layers widen so the MALA acceptance stays ≳ 0.6
   (a larger ε inflates λ̂). See bench/README.md for the measurements behind this.
 - Draws: the last 10% of steps (burn_in = 0.9·T, every step a draw); 4 chains.
-RMSprop-SGLD is left out: at w* the gradient is exactly 0, so V = 0 and the first
-step is preconditioned by 1/a, which throws the chain off on these noiseless problems.
+--rmsprop runs RMSprop-SGLD instead (with --auto: measured in docs/calibration.md). At w* the
+gradient is exactly 0, so G = 1/(√V̂ + a) ≈ 1/a in the flat directions: the former a = 1e-5 threw
+every chain off; the default a = 0.1 does not.
 """
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.engine import SamplerConfig, estimate_llc  # noqa: E402
-from cluster.engine.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data, parameter_count  # noqa: E402
-from cluster.engine.theory import deep_linear_network  # noqa: E402
+from cluster.contract.sampler import SamplerConfig  # noqa: E402
+
+from cluster.engine.estimate import estimate_llc
+from testbeds.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data, parameter_count  # noqa: E402
+from testbeds.theory import deep_linear_network  # noqa: E402
 
 N_EXAMPLES = 10_000
 BATCH = 100
@@ -104,10 +107,12 @@ def auto_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerConf
     return SamplerConfig(method="sgld", gamma=GAMMA, chains=chains, draws=row.steps, seed=seed, fetch_every=500)
 
 
-def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1, auto: bool = False) -> dict:
+def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1, auto: bool = False,
+            method: str = "sgld") -> dict:
     model = make_dln(row.widths, row.rank, seed=seed)
     x, y = make_dln_data(model, N_EXAMPLES, seed=seed)
     config = auto_config(row, chains=chains, seed=seed) if auto else sampler_config(row, chains=chains, seed=seed)
+    config = config.replace(method=method)
     start = time.perf_counter()
     result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, BATCH), config, workers=workers)
     seconds = time.perf_counter() - start
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="chains run concurrently (estimate_llc workers)")
     parser.add_argument("--auto", action="store_true",
                         help="ε, nβ and burn-in chosen by the product (pilots + rules); the row's steps are the draws")
+    parser.add_argument("--rmsprop", action="store_true",
+                        help="RMSprop-preconditioned SGLD (default a = rmsprop_eps) instead of plain SGLD")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     draws = ("draws = the row's steps, ε / nβ / burn-in chosen by the product" if args.auto
              else f"draws = last {DRAW_FRACTION:.0%} of steps")
     print(f"n = {N_EXAMPLES}, batch = {BATCH}, nβ = n/log n = {N_EXAMPLES / math.log(N_EXAMPLES):.1f}, γ = {GAMMA}, "
-          f"{args.chains} chains, {draws}, plain SGLD", flush=True)
+          f"{args.chains} chains, {draws}, {'RMSprop-SGLD' if args.rmsprop else 'plain SGLD'}", flush=True)
     print(HEADER, flush=True)
     results = []
     for row in rows:
-        r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers, auto=args.auto)
+        r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers, auto=args.auto,
+                    method="rmsprop_sgld" if args.rmsprop else "sgld")
         results.append(r)
         print(format_row(r), flush=True)
         for p in r["calibration"].get("pilots", []):
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             mala = f"{p['mala_acceptance']:.2f}" if p.get("mala_acceptance") is not None else "-"
             noise = f"{p['gradient_noise']:.3f}" if p.get("gradient_noise") is not None else "-"
             equi = f"{p['equipartition']:.2f}" if p.get("equipartition") is not None else "-"
-            print(f"    pilot ε {p['step_size']:.2e}  λ̂ {llc:>8}  MALA {mala}  τ {noise}  equipartition {equi}  {p['verdict']}"
+            trend = f"{p['trend_t']:.1f}" if p.get("trend_t") is not None else "-"
+            print(f"    pilot ε {p['step_size']:.2e}  λ̂ {llc:>8}  MALA {mala}  τ {noise}  equipartition {equi}  t {trend:>5}  MSER {p.get('burn_in')}  ESS {p.get('ess') or 0:.0f}  {p['verdict']}"
                   f"{' ← chosen' if p.get('chosen') else ''}", flush=True)
         for w in r["warnings"]:
             print(f"    warning: {w}", flush=True)

@@ -3,10 +3,13 @@ models where λ = d/2 is known (logistic regression d = 20, n = 20,000; linear
 regression with a masked subset of weights). CPU, one intra-op thread."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.calibrate import choose, nbeta_rule, plan_pilots
 from cluster.engine.result import ChainResult
 
@@ -73,8 +76,9 @@ def test_logistic_regression_all_automatic_is_within_10_percent_of_d_over_2(logi
 
 @pytest.mark.parametrize(
     "factor,cause",
-    [(10.0, "minibatch gradient noise"), (0.01, "have not spread"), (1.0, None)],
-    ids=["10x-too-large", "100x-too-small", "good"],
+    [(10.0, "minibatch gradient noise"), (3.0, "hotter"), (0.1, "have not spread"), (0.01, "have not spread"),
+     (1.0, None)],
+    ids=["10x-too-large", "3x-too-large", "10x-too-small", "100x-too-small", "good"],
 )
 def test_a_wrong_step_size_is_named_in_a_warning(logistic, factor, cause):
     model, batches = logistic
@@ -178,3 +182,43 @@ def test_the_chosen_step_moves_up_to_where_the_failed_check_crosses_its_target()
     assert "refined" in cal["step_size_reason"]
     cal = choose(plan, [pilot(k, m, diverged=k >= 4) for k, m in enumerate(accepts)])
     assert cal["step_size"] == plan.grid[3]
+
+
+def test_a_pilot_rising_at_t_between_2_and_3_reads_too_small_and_lengthens_the_burn_in():
+    """A pilot starts at w* and can only fail by still rising, so its trend test is one-sided at t > 2:
+    t = 2.5 read "ok" before (the two-sided 3) and the main run burnt in only MSER's 50 steps."""
+    from cluster.engine.diagnostics import half_trend
+
+    plan = plan_pilots(SamplerConfig(draws=1000, chains=4), nbeta=1000.0)
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # a noisy rise whose last-half trend reads between 2 and 3
+        signal = 1.5 * np.linspace(0, 1, plan.steps) + rng.standard_normal(plan.steps)
+        if 2.2 < half_trend(signal[None, plan.steps // 2:]) < 2.8:
+            break
+    trace = (1.0 + signal / 1000.0).tolist()
+    pilots = [ChainResult(chain=k, seed=k, llc=1.0, loss_trace=trace, init_trace=[1.0] * plan.steps,
+                          mala_acceptance=0.99 - 0.05 * k, gradient_noise=0.01) for k in range(9)]
+    cal = choose(plan, pilots)
+    chosen = next(p for p in cal["pilots"] if p["chosen"])
+    assert 2 < chosen["trend_t"] < 3 and chosen["verdict"] == "too small", chosen
+    assert chosen["step_size"] == plan.grid[3]  # still a candidate: a short pilot, not a wrong ε
+    assert cal["burn_in"] >= plan.steps
+
+
+@pytest.mark.parametrize("step_size,hot", [(1e-5, True), (2e-6, False)], ids=["1e-5-too-large", "2e-6-good"])
+def test_rmsprop_at_too_large_a_step_is_named_though_mala_reads_above_the_old_line(step_size, hot):
+    """RMSprop-SGLD (a = 0.1) on the DLN 10-5-10 (λ = 29) at ε = 1e-5: λ̂ ≈ 42-44 (+45-50%) at MALA 0.57
+    and τ 0.07-0.09, above MALA's 0.5 line and below τ's 0.1: no warning before. Equipartition reads
+    1.11-1.21 there (flat directions only lower it, so > 1.1 is heat) and 0.78-0.85 at ε = 2e-6 (+1-6%)."""
+    from testbeds.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data
+
+    model = make_dln((10, 5, 10), 2, seed=0)
+    x, y = make_dln_data(model, 10_000, seed=0)
+    config = SamplerConfig(method="rmsprop_sgld", step_size=step_size, burn_in=500, draws=1500, chains=2,
+                           fetch_every=500)
+    result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, 100), config)
+    named = [w for w in result.warnings if "hotter" in w]
+    if hot:
+        assert result.llc_mean > 1.3 * 29 and named and "step_size" in named[0], (result.llc_mean, result.warnings)
+    else:
+        assert result.llc_mean == pytest.approx(29, rel=0.15) and not named, (result.llc_mean, result.warnings)

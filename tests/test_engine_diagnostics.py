@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.diagnostics import half_trend, mean_interval, split_rhat
 from cluster.engine.result import ChainResult, LLCResult
 from cluster.engine.sgld import SGLD
@@ -150,3 +152,35 @@ def test_trend_and_rhat_see_a_drift_that_batch_noise_hides():
                           init_trace=at_w_star[i].tolist()) for i in range(4)]
     result = LLCResult.from_chains(chains, SamplerConfig(nbeta=1.0, init_loss="paired"), 0.0)
     assert any("still rising" in w for w in result.warnings), result.warnings
+
+
+def _equipartition_result(equipartition, mala, noise=0.001, draws=200, seed=3):
+    """Four stationary chains of a 100-weight model that read the given equipartition, MALA and τ."""
+    rng = np.random.default_rng(seed)
+    chains = []
+    for i in range(4):
+        trace = (10.0 + rng.standard_normal(draws)).tolist()
+        chains.append(ChainResult(chain=i, seed=i, llc=float(np.mean(trace)), loss_trace=trace, init_trace=[0.0] * draws,
+                                  mala_acceptance=mala, gradient_noise=noise, equipartition=equipartition))
+    return LLCResult.from_chains(chains, SamplerConfig(nbeta=1.0), 0.0, moving_elements=100)
+
+
+def test_low_equipartition_of_a_singular_model_is_not_called_a_small_step():
+    """Equipartition 0.2 at MALA 0.8 is what a singular model reads at a good ε (the DLN 10-20-20-10
+    at ε = 3e-6: 0.21 with λ̂ within 2%): its flat directions spread on the scale 1/(εγ). The warning
+    fired there before; it now needs room to raise ε (MALA ≥ 0.95 and τ ≤ 0.025), as the logistic
+    case at ε 10-100x too small has (MALA 0.99-1.00, τ ≤ 0.004, equipartition 0.02-0.17)."""
+    assert not any("not spread" in w for w in _equipartition_result(0.2, mala=0.8).warnings)
+    small = _equipartition_result(0.17, mala=0.99, noise=0.004).warnings
+    assert any("not spread" in w and "step_size" in w for w in small), small
+    # ε already held back by the gradient noise: raising it is not the advice
+    assert not any("not spread" in w for w in _equipartition_result(0.17, mala=0.99, noise=0.04).warnings)
+
+
+def test_a_hot_chain_is_named_by_equipartition_above_one():
+    """(w - w*)·∇U per weight is 1 at the target for any potential and flat directions only lower it,
+    so 1.2 says λ̂ is inflated by ≥ 20% whatever MALA reads (RMSprop-SGLD on the DLN 10-5-10 at
+    ε = 1e-5: 1.21, MALA 0.57, λ̂ +50%, and no warning before)."""
+    hot = _equipartition_result(1.2, mala=0.57).warnings
+    assert any("hotter" in w and "step_size" in w and "at least 20%" in w for w in hot), hot
+    assert not any("hotter" in w for w in _equipartition_result(0.95, mala=0.57).warnings)

@@ -14,7 +14,8 @@ that short pilots measure precisely: discretisation (seen by the MALA acceptance
 and minibatch gradient noise (τ = ε·nβ²·Var(∇L_m)/4, its share of the injected
 noise, by which λ̂ grows). A pilot *passes* when it did not diverge, its MALA
 acceptance is ≥ MALA_TARGET, τ ≤ NOISE_TARGET, and the second half of its paired
-λ̂ signal shows no falling trend (a rising one only means the pilot was short); the largest passing ε is chosen: the bias is
+λ̂ signal shows no falling trend (a rising one, t > RISE_LIMIT, only means the pilot was short: it
+stays a candidate, read "too small", and lengthens the burn-in); the largest passing ε is chosen: the bias is
 bounded there and the chain mixes fastest. λ̂ and the trend t of every pilot are
 recorded (λ̂ against ε is the plot to look at) and the main run's own trend test
 flags an ε too small for its length. Burn-in: the MSER truncation point of the
@@ -28,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from cluster.engine.config import AUTO, SamplerConfig
+from cluster.contract.sampler import AUTO, SamplerConfig
 from cluster.engine.diagnostics import effective_sample_size, half_trend, mser_truncation
-from cluster.engine.result import DIVERGED, TREND_LIMIT, ChainResult
+from cluster.engine.result import DIVERGED, HEAT_LIMIT, TREND_LIMIT, ChainResult
 
 # The pilot grid in units of ε·nβ (the step's scale against the loss's curvature per
 # example): half-decades from 1e-4 to 1, where every model in tests/bench sits.
@@ -39,6 +40,16 @@ MIN_PILOT_STEPS = 60
 MALA_TARGET = 0.8  # discretisation: acceptance of the proposals
 NOISE_TARGET = 0.05  # minibatch gradient noise: ≤ 5% of the injected noise
 NBETA_FAR = 10.0  # a user nβ more than this factor off the rule gets a warning
+# A pilot starts at w* (λ̂ signal 0) and can only fail by still rising, so its trend test is one-sided:
+# t > 2 (p ≈ 0.02) reads "too small" (still a candidate; the main run then burns in longer). A short
+# pilot's test has little power, so waiting for the two-sided 3 let clear rises (t = 2.1-2.9) read "ok".
+# A falling trend is not expected from w*: it keeps the two-sided TREND_LIMIT.
+RISE_LIMIT = 2.0
+# The chosen pilot certifies its MSER burn-in only if it shows a plateau: a last half with at least this
+# many effective draws (each quarter mean of the trend test then rests on ≥ 10). The DLN theory rows of
+# 2,100-104,000 weights read ESS 2-9 there, rose through the whole main run with MSER's 500-700 steps of
+# burn-in and came out -9% to -15%; the 100-800-weight rows read 32-61.
+PILOT_ESS_MIN = 20
 PILOT_SEED_SALT = 0x5EED_CA11  # pilots' chain seeds apart from the main chains'
 
 
@@ -63,7 +74,7 @@ def resolve_nbeta(config: SamplerConfig, n: int | None) -> tuple[float, dict[str
                 "Leave nbeta unset to use the rule.")
         return float(config.nbeta), info
     if n is None or n < 3:
-        from cluster.engine.config import ConfigError
+        from cluster.contract.sampler import ConfigError
 
         raise ConfigError("nbeta", "cannot choose nβ = n/log n: the size of the sampling set is unknown "
                                    "(batches without a length); set nbeta or pass sample_size")
@@ -120,7 +131,8 @@ def _pilot_summary(eps: float, c: ChainResult, nbeta: float, init_loss: float | 
     signal = nbeta * (trace - ref)
     last = signal[signal.size // 2:]
     row["llc"] = float(last.mean())
-    row["llc_se"] = float(last.std(ddof=1) / math.sqrt(effective_sample_size(last[None, :]))) if last.size >= 4 else None
+    row["ess"] = effective_sample_size(last[None, :]) if last.size >= 4 else None
+    row["llc_se"] = float(last.std(ddof=1) / math.sqrt(row["ess"])) if row["ess"] else None
     row["trend_t"] = half_trend(last[None, :]) if last.size >= 8 else 0.0
     row["burn_in"] = mser_truncation(signal)
     if c.mala_acceptance is not None and c.mala_acceptance < MALA_TARGET:
@@ -128,9 +140,12 @@ def _pilot_summary(eps: float, c: ChainResult, nbeta: float, init_loss: float | 
     elif c.gradient_noise is not None and c.gradient_noise > NOISE_TARGET:
         row["verdict"], row["why"] = "too large", (f"minibatch gradient noise τ = {c.gradient_noise:.2f} > "
                                                    f"{NOISE_TARGET} of the injected noise")
+    elif c.equipartition is not None and c.equipartition > 1 + HEAT_LIMIT:  # hotter than the target (result.py)
+        row["verdict"], row["why"] = "too large", (f"equipartition {c.equipartition:.2f} > {1 + HEAT_LIMIT:g}: "
+                                                   "the chain is hotter than the posterior")
     elif row["trend_t"] < -TREND_LIMIT:
         row["verdict"], row["why"] = "not stationary", f"λ̂ still falling at the end (t = {row['trend_t']:.1f})"
-    elif row["trend_t"] > TREND_LIMIT:
+    elif row["trend_t"] > RISE_LIMIT:
         row["verdict"], row["why"] = "too small", f"λ̂ still rising at the end (t = {row['trend_t']:.1f})"
     else:
         row["verdict"], row["why"] = "ok", ""
@@ -157,15 +172,20 @@ def choose(plan: PilotPlan, results: list[ChainResult], init_loss: float | None 
                             "neither), so a too-large ε could only be seen as a divergence or a trend: check the "
                             "chosen step_size without compute.lean_memory on a smaller model, or set step_size.")
     step_size = plan.grid[index]
-    if base.step_size == AUTO and rows[index]["verdict"] == "ok":
+    if base.step_size == AUTO and rows[index]["verdict"] in ("ok", "too small"):  # "too small": only short
         step_size, refined = _refine(rows, index)
         why += refined
     chosen = rows[index]
     if base.burn_in == AUTO:
         burn_in = max(int(chosen.get("burn_in") or 0), base.fetch_every if chosen["verdict"] == "ok" else 0)
-        if chosen["verdict"] != "ok":  # still moving at the pilot's end: burn in at least that long
-            burn_in = max(burn_in, plan.steps)
         burn_why = f"MSER truncation of the pilot at ε = {plan.grid[index]:.3g}"
+        if chosen["verdict"] != "ok" or (chosen.get("ess") or 0) < PILOT_ESS_MIN:
+            # the pilot did not show its own plateau, so its MSER point says nothing about the main chain's:
+            # burn in as long as the draws (Stan's default warm-up, half the chain); the main run's MSER
+            # and trend test then judge the rest
+            burn_in = max(burn_in, plan.steps, base.draws * base.steps_between_draws)
+            burn_why += (f" too short to show a plateau ({chosen['verdict']}, ESS {chosen.get('ess') or 0:.0f} "
+                         f"< {PILOT_ESS_MIN} in its last half): as long as the draws")
     else:
         burn_in, burn_why = int(base.burn_in), "set by the user"
     for r in rows:
