@@ -1,5 +1,8 @@
-"""The fused SGLD update (cluster.engine.fused) equals the `_foreach` reference (cluster.engine.sgld)."""
+"""The fused SGLD update (cluster.engine.fused) equals the `_foreach` reference (cluster.engine.sgld);
+L_m(w*) by swapping storage pointers equals the copying swap (cluster.engine.estimate)."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -79,3 +82,52 @@ def test_compiled_update_equals_foreach_reference(preconditioner):
     ref, *_ = _trajectory("foreach", preconditioner, True, steps=8)
     got, *_ = _trajectory("compiled", preconditioner, True, steps=8)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def _anchored_mlp():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    params = list(model.parameters())
+    opt = SGLD(params, lr=1e-2, nbeta=10.0, gamma=1.0, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    loss_fn = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+    loss_fn(model, (x, y)).backward()
+    opt.step()  # w* captured, w moved away from it
+    return model, params, opt, loss_fn, (x, y)
+
+
+def test_anchor_loss_by_pointer_swap_equals_copy_swap():
+    """L_m(w*) with the moving weights' storage pointers swapped equals the copying swap to the bit,
+    and leaves every weight at w, in its own storage, untouched."""
+    from cluster.engine import estimate
+
+    model, params, opt, loss_fn, batch = _anchored_mlp()
+    before = [(p.detach().clone(), p.data_ptr()) for p in params]
+    assert estimate._own_storages(model, params)
+    by_copy = estimate._loss_at_anchor(model, loss_fn, batch, opt, torch.device("cpu"), "float32", pointers=False)
+    by_pointer = estimate._loss_at_anchor(model, loss_fn, batch, opt, torch.device("cpu"), "float32", pointers=True)
+    assert torch.equal(by_copy, by_pointer)
+    for p, (w, ptr) in zip(params, before):
+        assert torch.equal(p, w) and p.data_ptr() == ptr
+    # L_m(w*) itself: the loss of a copy of the model put at w*
+    at_anchor = copy.deepcopy(model)
+    with torch.no_grad():
+        for q, p in zip(at_anchor.parameters(), params):
+            q.copy_(opt.state[p]["anchor"])
+    assert torch.equal(by_pointer, loss_fn(at_anchor, batch).detach())
+
+
+def test_weights_sharing_a_flat_buffer_are_swapped_by_copy():
+    """Views into one flat buffer (or a buffer aliasing a weight) keep the copying swap."""
+    from cluster.engine import estimate
+
+    model, params, *_ = _anchored_mlp()
+    flat = torch.cat([p.detach().flatten() for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    assert not estimate._own_storages(model, params)
+    model2, params2, *_ = _anchored_mlp()
+    model2.register_buffer("alias", params2[0].detach()[0])
+    assert not estimate._own_storages(model2, params2)
