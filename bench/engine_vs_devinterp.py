@@ -150,7 +150,8 @@ class TokenBatches:
 
 
 def run_ours(model, tokens, *, chains: int, draws: int, workers: int, mala: bool, dtype: str = "float32") -> dict:
-    from cluster.engine import SamplerConfig, estimate_llc
+    from cluster.contract.sampler import SamplerConfig
+    from cluster.engine.estimate import estimate_llc
 
     config = SamplerConfig(**SETTINGS, chains=chains, draws=draws, burn_in=0, seed=0, init_loss="full", mala=mala,
                            dtype=dtype, fetch_every=max(1, min(100, draws)))
@@ -305,9 +306,10 @@ def gpu_main(args) -> int:
     steps = args.gpu_steps
 
     def run_ours(n: int) -> float:
-        from cluster.engine import SamplerConfig, estimate_llc
+        from cluster.contract.sampler import SamplerConfig
 
         # L(w*) from one batch: this times the step loop, not the estimate's precision
+        from cluster.engine.estimate import estimate_llc
         config = SamplerConfig(**SETTINGS, chains=1, draws=n, init_loss="full", init_loss_batches=1, mala=False,
                                dtype="bfloat16", fetch_every=n)
         torch.cuda.synchronize()

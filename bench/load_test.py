@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
-from cluster.events import encode  # noqa: E402
+from cluster.contract.events import encode  # noqa: E402
 from cluster.local_ray import free_port  # noqa: E402
 from llc.v1 import llc_pb2 as pb  # noqa: E402
 from llc.v1 import llc_pb2_grpc  # noqa: E402

@@ -40,7 +40,9 @@ def run_ours(model, tokens, observables: dict[str, torch.Tensor], *, chains: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cluster.engine import SamplerConfig, estimate_llc
+    from cluster.contract.sampler import SamplerConfig
+
+    from cluster.engine.estimate import estimate_llc
     from cluster.engine.observables import ObservableRecorder
     from cluster.observables import _table
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.events import parse_lines  # noqa: E402
+from cluster.contract.events import parse_lines  # noqa: E402
 from cluster.local_ray import start_head, start_worker  # noqa: E402
 
 
 def make_job(workdir: Path, args: argparse.Namespace) -> dict:
-    from cluster.tiny import make_text_dataset, make_tiny_lm
+    from testbeds.tiny import make_text_dataset, make_tiny_lm
 
     model = make_tiny_lm(workdir / "model", "gpt2", hidden=args.hidden, layers=args.layers, max_positions=128)
     data = make_text_dataset(workdir / "train.jsonl", 400, seed=0)

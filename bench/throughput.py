@@ -78,7 +78,8 @@ def now() -> float:
 
 def ours_seconds(model, tokens, n: int, *, batch: int, chains: int = 1, mala: bool = False, update: str = "foreach",
                  dtype: str = "float32", device: str = "cpu") -> float:
-    from cluster.engine import SamplerConfig, estimate_llc
+    from cluster.contract.sampler import SamplerConfig
+    from cluster.engine.estimate import estimate_llc
 
     config = SamplerConfig(**evd.SETTINGS, chains=chains, draws=n, burn_in=0, seed=0, init_loss="full",
                            init_loss_batches=1, mala=mala, dtype=dtype, fetch_every=max(1, min(100, n)))
@@ -195,7 +196,8 @@ def cpu_main(args) -> dict:
         row["batched"] = batched
         # the whole estimate: 4 chains × draws, L(w*) over the whole set, ours batched
         if args.draws:
-            from cluster.engine import SamplerConfig, estimate_llc
+            from cluster.contract.sampler import SamplerConfig
+            from cluster.engine.estimate import estimate_llc
 
             config = SamplerConfig(**evd.SETTINGS, chains=4, draws=args.draws, burn_in=0, seed=0, init_loss="full",
                                    mala=False, fetch_every=max(1, min(100, args.draws)))

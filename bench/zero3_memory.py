@@ -35,8 +35,8 @@ def _setup(args):
     import torch
 
     from cluster.datasets import load_token_dataset, make_batches
-    from cluster.engine import SamplerConfig
-    from cluster.spec import DatasetRef, ModelRef
+    from cluster.contract.sampler import SamplerConfig
+    from cluster.contract.spec import DatasetRef, ModelRef
 
     torch.set_num_threads(1)
     ref = ModelRef(local_path=args.model, dtype="bfloat16" if args.mode == "lean" else "float32")
@@ -49,7 +49,7 @@ def run_single(args) -> dict:
     import torch
 
     from cluster.datasets import lm_loss
-    from cluster.engine import estimate_llc
+    from cluster.engine.estimate import estimate_llc
     from cluster.engine.lean import LeanSGLD
     from cluster.engine.sgld import SGLD
     from cluster.models import load_model
@@ -136,7 +136,7 @@ def main() -> None:
         row = run_rank(args) if args.mode == "zero3" else run_single(args)
         Path(args.rows, f"{row['mode']}-{row['rank']}.json").write_text(json.dumps(row))
         return
-    from cluster.tiny import make_text_dataset, make_tiny_lm
+    from testbeds.tiny import make_text_dataset, make_tiny_lm
 
     tmp = Path(tempfile.mkdtemp(prefix="zero3-bench-"))
     model = make_tiny_lm(tmp / "model", "gpt2", hidden=args.hidden, layers=args.layers, heads=4,

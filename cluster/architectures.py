@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cluster.errors import InvalidArgument
+from cluster.contract.errors import InvalidArgument
 
 
 class Block(NamedTuple):

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from cluster.errors import InvalidArgument, NotFound, Unavailable
-from cluster.spec import DatasetRef
+from cluster.contract.errors import InvalidArgument, NotFound, Unavailable
+from cluster.contract.spec import DatasetRef
 
 EXTENSION_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".text": "text",
                      ".csv": "csv"}

@@ -6,7 +6,7 @@
 
 It reads the JobSpec, checks the cluster can hold a chain, starts chain workers
 (each loads the model and data once), reports the preview, runs every
-(restriction, chain) unit and prints `LLC_EVENT` lines (cluster.events):
+(restriction, chain) unit and prints `LLC_EVENT` lines (cluster.contract.events):
 started, preview, progress, chain, then result (exit 0) or error (exit 1).
 SIGTERM or SIGINT (Ray's stop_job) cancels: every worker is killed at once,
 which frees its CPUs, GPUs and memory, and the job ends with a CANCELLED error.
@@ -21,11 +21,14 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from cluster.errors import InvalidArgument, LLCError, Unavailable
-from cluster.events import EventWriter
-from cluster.spec import JobSpec
+from cluster.contract.errors import InvalidArgument, LLCError, Unavailable
+from cluster.contract.events import EventWriter
+from cluster.contract.spec import JobSpec
+
+if TYPE_CHECKING:
+    from cluster.scheduling import ChainReport
 
 log = logging.getLogger("cluster.driver")
 
@@ -116,7 +119,9 @@ class Job:
         units = len(names) * spec.sampler.chains
         self.events.emit("started", chains_total=units, restrictions=names, provenance=self.provenance)
         resources = ChainResources.from_compute(spec.compute)  # ranks > 1: ZeRO-3 groups (cluster.sharded)
-        size = pool_size(resources, alive_node_resources(), units, int(os.environ.get(MAX_WORKERS_ENV, "0") or 0))
+        workers_needed = -(-units // spec.compute.chains_per_worker)  # each runs up to k chains together
+        size = pool_size(resources, alive_node_resources(), workers_needed,
+                         int(os.environ.get(MAX_WORKERS_ENV, "0") or 0))
         deadline = time.monotonic() + spec.compute.timeout_s if spec.compute.timeout_s > 0 else None
         self.pool = ChainPool(spec, resources, size, stop=self.stop, deadline=deadline,
                               placement_timeout=float(os.environ.get(PLACEMENT_TIMEOUT_ENV, "300") or 300),
@@ -179,10 +184,11 @@ class Job:
     def _progress(self, r: int, c: int, p: dict[str, Any]) -> None:
         self.events.emit("progress", restriction=self.spec.restrictions[r].name, chain=c, **p)
 
-    def _chain(self, unit: Any, status: str, chain: dict[str, Any] | None, message: str) -> None:
+    def _chain(self, report: ChainReport) -> None:
+        chain, unit = report.chain or {}, report.unit
         self.events.emit("chain", restriction=self.spec.restrictions[unit.restriction].name, chain=unit.chain,
-                         status=status, llc=(chain or {}).get("llc"), attempt=unit.attempts, message=message,
-                         node_id=((chain or {}).get("extra") or {}).get("node_id"))
+                         status=report.status, llc=chain.get("llc"), attempt=unit.attempts, message=report.message,
+                         node_id=(chain.get("extra") or {}).get("node_id"))
 
 
 class ChainsFailed(LLCError):
@@ -231,7 +237,7 @@ def run(args: argparse.Namespace, events: EventWriter, stop: threading.Event,
         connect(args)
         handle_stop_signals()  # ray.init installs its own SIGTERM handler (sys.exit): take it back
         if stop.is_set():
-            from cluster.errors import Cancelled
+            from cluster.contract.errors import Cancelled
 
             raise Cancelled("the job was cancelled before its chains started")
         if spec.checkpoints:  # an LLC trajectory: one pool per checkpoint (cluster.trajectory)

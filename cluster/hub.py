@@ -8,7 +8,7 @@ HF_HUB_OFFLINE apply as huggingface_hub reads them (at its import: a process's
 environment, not a later os.environ change). Offline, refs resolve through the local
 cache (refs/<branch> → snapshots/<commit>) and nothing is downloaded.
 
-Errors are cluster.errors types whose messages say what to change:
+Errors are cluster.contract.errors types whose messages say what to change:
 unknown repository or revision → NOT_FOUND (the message names the revision),
 gated or forbidden → PERMISSION_DENIED, hub unreachable or erroring (5xx), or offline
 without a cached copy → UNAVAILABLE, malformed id/revision → INVALID_ARGUMENT.
@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from cluster.errors import InvalidArgument, LLCError, NotFound, PermissionDenied, Unavailable
+from cluster.contract.errors import InvalidArgument, LLCError, NotFound, PermissionDenied, Unavailable
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # What a checkpoint directory's content hash covers: its config and weights (not tokenizer
@@ -219,7 +219,7 @@ def check_same_commits(first: dict, other: dict) -> None:
     """Raise FailedPrecondition when two workers of one job loaded different hub commits: a branch
     moved between their loads, and their chains would describe different checkpoints. `first` and
     `other` are worker summaries ({"model_provenance", "dataset_provenance": {key: provenance}})."""
-    from cluster.errors import FailedPrecondition
+    from cluster.contract.errors import FailedPrecondition
 
     pairs = [("model", first.get("model_provenance") or {}, other.get("model_provenance") or {})]
     a_data, b_data = first.get("dataset_provenance") or {}, other.get("dataset_provenance") or {}

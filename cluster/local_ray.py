@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
-from cluster.errors import Unavailable
+from cluster.contract.errors import Unavailable
 
 # Multi-node needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 on head and workers (with 0 a joining node
 # panics). With 1, `ray start` replaces --node-ip-address=127.0.0.1 by the machine's address, and

@@ -5,7 +5,7 @@
 
 Hub ids are resolved to a commit hash first (for provenance, and so the weights
 loaded are exactly that commit); with HF_HUB_OFFLINE=1 only the local cache is
-consulted. Errors are cluster.errors types whose messages say what to change.
+consulted. Errors are cluster.contract.errors types whose messages say what to change.
 A job loads its model once per worker process: `load_model_cached`.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from cluster.errors import InvalidArgument, NotFound, PermissionDenied
-from cluster.spec import REMOTE_CODE_ENV, ModelRef
+from cluster.contract.errors import InvalidArgument, NotFound, PermissionDenied
+from cluster.contract.spec import REMOTE_CODE_ENV, ModelRef
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import FailedPrecondition, InvalidArgument
-from cluster.spec import SAMPLING_OBSERVABLE, JobSpec
+from cluster.contract.errors import FailedPrecondition, InvalidArgument
+from cluster.contract.spec import SAMPLING_OBSERVABLE, JobSpec
 
 RESULTS_DIR_ENV = "LLC_RESULTS_DIR"
 ARTIFACT_FILES = ("losses.parquet", "bif.parquet", "susceptibilities.parquet")

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cluster.errors import FailedPrecondition
-from cluster.spec import ComputeSpec
+from cluster.contract.errors import FailedPrecondition
+from cluster.contract.spec import ComputeSpec
 
 # Ray accounts resources in units of 1e-4; a small slack avoids 0.3 * 3 < 0.9 surprises.
 _EPS = 1e-6
@@ -22,15 +22,18 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class ChainResources:
-    """What one chain asks Ray for (all its ranks together)."""
+    """What one chain worker asks Ray for (all its ranks together; k batched chains' resources together)."""
 
     num_cpus: float
     num_gpus: float
     ranks: int = 1  # processes of one chain; > 1 is a ZeRO-3 group
+    chains: int = 1  # chains one worker runs batched (compute.chains_per_worker)
 
     @classmethod
     def from_compute(cls, compute: ComputeSpec) -> "ChainResources":
-        return cls(num_cpus=float(compute.cpus_per_chain), num_gpus=float(compute.gpus_per_chain), ranks=compute.ranks)
+        k = compute.chains_per_worker
+        return cls(num_cpus=float(compute.cpus_per_chain) * k, num_gpus=float(compute.gpus_per_chain) * k,
+                   ranks=compute.ranks, chains=k)
 
     @property
     def sharded(self) -> bool:
@@ -75,6 +78,11 @@ def cluster_capacity(resources: ChainResources, nodes: Iterable[dict[str, float]
     capacity = sum(resources.chains_on(n) for n in nodes)
     if capacity > 0:
         return capacity
+    if resources.chains > 1:
+        raise FailedPrecondition(
+            f"a worker of compute.chains_per_worker={resources.chains} chains needs {resources.num_cpus:g} CPUs and "
+            f"{resources.num_gpus:g} GPUs on one node, and no Ray node has them; lower compute.chains_per_worker "
+            "(or cpus_per_chain / gpus_per_chain), or add larger nodes")
     total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
     max_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     if resources.num_gpus > 0 and total_gpus == 0:

@@ -5,7 +5,7 @@ boolean mask (True = moves) or None (the whole tensor moves). The engine's
 `estimate_llc(..., params=selection.params)` then gives gradients, noise and
 localization to the selected elements only; everything else stays at w*.
 
-Selectors (cluster.spec.WeightSelector):
+Selectors (cluster.contract.spec.WeightSelector):
   pattern      glob on parameter names (fnmatch, whole name), e.g. 'gpt_neox.layers.0.*'
   regex        RE2 regular expression searched in parameter names (linear time, so no
                pattern can pin a worker's CPU; no look-arounds or back-references)
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from cluster.architectures import Block, Selected, architecture_for
-from cluster.errors import InvalidArgument
-from cluster.spec import Restriction, WeightSelector, compile_regex, shown
+from cluster.contract.errors import InvalidArgument
+from cluster.contract.spec import Restriction, WeightSelector, compile_regex, shown
 
 
 @dataclass

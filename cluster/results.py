@@ -12,7 +12,7 @@ import importlib.metadata
 import platform
 from typing import Any
 
-from cluster.spec import JobSpec
+from cluster.contract.spec import JobSpec
 
 
 def utc_now() -> str:
@@ -46,7 +46,8 @@ def restriction_result(spec: JobSpec, index: int, chains: list[dict[str, Any]], 
                        calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Combine one restriction's chain dicts (from any workers) into its result entry; `settings` are
     the sampler settings its chains ran with (spec.sampler with "auto" resolved), `calibration` how."""
-    from cluster.engine import ChainResult, LLCResult, SamplerConfig  # numpy only, no torch
+    from cluster.engine.result import ChainResult, LLCResult  # numpy only, no torch
+    from cluster.contract.sampler import SamplerConfig
 
     moved = preview or {"tensors": [], "elements": 0}
     if init_loss is None:  # paired mode: L(w*) is the mean of the draws' paired losses

@@ -4,7 +4,7 @@
 
 `ChainPool` treats the group as one chain worker: its handle is rank 0
 (`ShardedChainWorker`), which answers the same calls as a `ChainWorker` (where,
-prepare, init_loss, run_chain). Rank 0 starts ranks 1..g-1 as plain actors in the
+prepare, init_loss, run_chains). Rank 0 starts ranks 1..g-1 as plain actors in the
 other bundles of the group's STRICT_PACK placement group (so they are owned by
 rank 0 and die with it), picks MASTER_ADDR/PORT, and every call runs on all ranks
 at once: each rank loads the weights straight into its partitions (zero.Init via
@@ -29,9 +29,8 @@ from typing import Any, Callable
 import ray
 import ray.util
 
-from cluster.errors import LLCError
+from cluster.contract.errors import LLCError
 from cluster.placement import ChainResources
-from cluster.spec import JobSpec
 from cluster.workers import ChainWorker
 
 log = logging.getLogger(__name__)
@@ -117,12 +116,13 @@ class ChainRank(ChainWorker):
 
         return self._shards.init_loss(lm_loss, rows, self._spec.batch_size, self._spec.sampler)
 
-    def _chain(self, batches, config, restriction: int, chain: int, init_loss: float | None, progress):
+    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress):
         from cluster.datasets import lm_loss
 
-        return self._shards.run_chain(lm_loss, batches, config, chain, init_loss=init_loss,
-                                      params=self._state["selections"][restriction].params,
-                                      progress=progress if self._rank == 0 else None, **self._test)
+        return [self._shards.run_chain(lm_loss, batches, config, chain, init_loss=init_loss,
+                                       params=self._state["selections"][restriction].params,
+                                       progress=progress if self._rank == 0 else None, **self._test)
+                for chain in chains]  # a sharded chain fills its ranks: one at a time
 
     def set_test_options(self, *, noise: bool = True, record_moves: bool = False) -> None:
         """Tests only: switch the SGLD noise off, or keep each chain's final w - w* (moves())."""
@@ -173,13 +173,14 @@ class ShardedChainWorker(ChainRank):
         calls = [f.init_loss.remote(key) for f in self._followers]
         return self._together(calls, lambda: super(ShardedChainWorker, self).init_loss(key))
 
-    def run_chain(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # ChainWorker.run_chain's arguments
+    def run_chains(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:  # ChainWorker.run_chains' arguments
         self.prepare()
-        calls = [f.run_chain.remote(*args, **kwargs) for f in self._followers]
-        run = super(ShardedChainWorker, self).run_chain
-        result = self._together(calls, lambda: run(*args, **kwargs))
-        result["extra"]["rank_pids"] = [os.getpid(), *self._follower_pids]
-        return result
+        calls = [f.run_chains.remote(*args, **kwargs) for f in self._followers]
+        run = super(ShardedChainWorker, self).run_chains
+        results = self._together(calls, lambda: run(*args, **kwargs))
+        for result in results:
+            result["extra"]["rank_pids"] = [os.getpid(), *self._follower_pids]
+        return results
 
     def _together(self, calls: list[Any], own: Callable[[], Any]) -> Any:
         """Rank 0's share of a collective call while the other ranks run theirs.

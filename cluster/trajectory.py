@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import Cancelled, DeadlineExceeded, LLCError
-from cluster.spec import DatasetRef, JobSpec
+from cluster.contract.errors import Cancelled, DeadlineExceeded, LLCError
+from cluster.contract.spec import DatasetRef, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def run_trajectory(spec: JobSpec, events: Any, stop: threading.Event, holder: di
         calibrated_at = {"step": None, "name": "", "note": "explicit sampler settings: nothing was calibrated"}
     if all(d["status"] == "failed" for d in docs if d["status"] != "skipped") and any(
             d["status"] == "failed" for d in docs):
-        from cluster.errors import FailedPrecondition
+        from cluster.contract.errors import FailedPrecondition
 
         first_failed = next(d for d in docs if d["status"] == "failed")
         raise FailedPrecondition(f"every checkpoint failed, e.g. {first_failed['name']}: {first_failed['message']}")

@@ -17,8 +17,8 @@ from typing import Any
 
 import ray
 
-from cluster.errors import FailedPrecondition
-from cluster.spec import DatasetRef, JobSpec
+from cluster.contract.errors import FailedPrecondition
+from cluster.contract.spec import DatasetRef, JobSpec
 
 
 def dataset_key(ref: DatasetRef) -> str:
@@ -164,7 +164,7 @@ class ChainWorker:
 
     def _dataset_loss(self, rows) -> float:
         from cluster.datasets import lm_loss
-        from cluster.engine import compute_init_loss
+        from cluster.engine.estimate import compute_init_loss
 
         # Every row once, in order: the chains' shuffled batches drop a random partial batch, which
         # would make L(w*) (multiplied by nβ in λ̂) depend on the worker's RNG state.
@@ -172,46 +172,45 @@ class ChainWorker:
         ordered = [rows[i:i + size] for i in range(0, rows.shape[0], size)]
         return float(compute_init_loss(self._state["model"].model, lm_loss, ordered, self._spec.sampler))
 
-    def run_chain(self, restriction: int, chain: int, attempt: int, init_loss: float | None,
-                  sampler: dict[str, Any] | None = None, pilot: bool = False) -> dict[str, Any]:
-        """Run chain `chain` of restriction `restriction`; returns ChainResult.to_dict() with placement in `extra`.
+    def run_chains(self, restriction: int, chains: list[int], attempts: list[int], init_loss: float | None,
+                   sampler: dict[str, Any] | None = None, pilot: bool = False) -> list[dict[str, Any]]:
+        """Run chains `chains` of restriction `restriction`, as one batched computation when several
+        (`compute.chains_per_worker`); returns one ChainResult.to_dict() per chain, placement in `extra`.
 
         `init_loss` is the job-wide L(w*) of the restriction's dataset, computed once by one
         worker so every chain uses the same value (None in paired mode). `sampler`: the
         settings the driver resolved (numbers for every "auto"), or a pilot's; `pilot`:
-        a calibration pilot, which posts no progress.
+        a calibration pilot, which posts no progress. `attempts[i]` numbers chain i's attempt.
         """
-        from cluster.engine import SamplerConfig
+        from cluster.contract.sampler import SamplerConfig
 
         config = SamplerConfig.from_dict(sampler) if sampler is not None else self._spec.sampler
         self.prepare()
         key = self._restriction_data(restriction)
         board = self._board
         where = self.where()
+        attempt = dict(zip(chains, attempts))
 
         def progress(p: Any) -> None:
             if board is not None and not pilot:  # fire and forget: the chain never waits for the driver
-                board.post.remote(restriction, chain, {
+                board.post.remote(restriction, p.chain, {
                     "step": int(p.step), "total_steps": int(p.total_steps), "llc_running": float(p.llc_running),
-                    "attempt": attempt, **where,
+                    "attempt": attempt[p.chain], **where,
                 })
 
         start = time.monotonic()
         self._observing = not pilot  # calibration pilots record no observables
-        chain_result = self._chain(self._state["batches"][key], config, restriction, chain, init_loss, progress)
-        chain_result.attempts = attempt
-        chain_result.extra = {
-            **chain_result.extra,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "seconds": round(time.monotonic() - start, 3),
-        }
-        return chain_result.to_dict()
+        results = self._chains(self._state["batches"][key], config, restriction, chains, init_loss, progress)
+        seconds = round(time.monotonic() - start, 3)
+        for r in results:
+            r.attempts = attempt[r.chain]
+            r.extra = {**r.extra, **where, "seconds": seconds, "chains_together": len(chains)}
+        return [r.to_dict() for r in results]
 
-    def _chain(self, batches, config, restriction: int, chain: int, init_loss: float | None, progress):
-        """One chain on this process's loaded model → ChainResult."""
+    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress):
+        """Chains on this process's loaded model, batched where the engine can → [ChainResult]."""
         from cluster.datasets import lm_loss
-        from cluster.engine import estimate_llc
+        from cluster.engine.estimate import estimate_llc
 
         observer = None
         if self._spec.observables is not None and getattr(self, "_observing", True):  # per-example losses every k-th draw (cluster/observables.py)
@@ -220,14 +219,16 @@ class ChainWorker:
             observer = observables.recorder(self._spec, observables.example_sets(
                 self._spec, self._state["datasets"], dataset_key))
         result = estimate_llc(self._state["model"].model, lm_loss, batches, config,
-                              params=self._state["selections"][restriction].params, chains=[chain],
-                              init_loss=init_loss, progress=progress,
+                              params=self._state["selections"][restriction].params, chains=list(chains),
+                              init_loss=init_loss, progress=progress, batch_chains=len(chains),
                               memory="lean" if self._spec.compute.lean_memory else "standard", observer=observer)
-        if observer is not None and chain in observer.chains():
-            part = observables.write_part(self._spec.job_id, restriction, self._spec.restrictions[restriction].name,
-                                          chain, observer)
-            result.chains[0].extra = {**result.chains[0].extra, "observables": part}
-        return result.chains[0]
+        if observer is not None:
+            for chain in result.chains:
+                if chain.chain in observer.chains():
+                    part = observables.write_part(self._spec.job_id, restriction,
+                                                  self._spec.restrictions[restriction].name, chain.chain, observer)
+                    chain.extra = {**chain.extra, "observables": part}
+        return result.chains
 
     def where(self) -> dict[str, Any]:
         """The node and process of this worker (tests use it to kill one mid-chain)."""

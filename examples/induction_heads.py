@@ -44,11 +44,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cluster.datasets import lm_loss, load_token_dataset, make_batches  # noqa: E402
-from cluster.engine import SamplerConfig, compute_init_loss, estimate_llc  # noqa: E402
+from cluster.contract.sampler import SamplerConfig  # noqa: E402
+from cluster.engine.estimate import compute_init_loss, estimate_llc
 from cluster.models import load_model  # noqa: E402
 from cluster.restrictions import preview, select_weights  # noqa: E402
-from cluster.spec import DatasetRef, ModelRef, Restriction, WeightSelector  # noqa: E402
-from cluster.tiny import make_tiny_tokenizer, make_token_dataset  # noqa: E402
+from cluster.contract.spec import DatasetRef, ModelRef, Restriction, WeightSelector  # noqa: E402
+from testbeds.tiny import make_tiny_tokenizer, make_token_dataset  # noqa: E402
 
 LAYERS, HEADS, HIDDEN = 2, 4, 64
 FIRST_TOKEN = 3  # ids 0-2 are the tokenizer's special tokens

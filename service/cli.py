@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings["results_dir"] = ""
     try:
         serve.run(ray_dashboard=args.ray_dashboard or "", num_cpus=args.num_cpus, stop=args.stop, **settings)
-    except Exception as exc:  # the server's domain errors (cluster.errors) carry a code and a message
+    except Exception as exc:  # the server's domain errors (cluster.contract.errors) carry a code and a message
         if not (hasattr(exc, "code") and hasattr(exc, "message")):
             raise
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)

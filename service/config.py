@@ -5,8 +5,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from cluster.errors import InvalidArgument
-from cluster.spec import REMOTE_CODE_ENV
+from cluster.contract.errors import InvalidArgument
+from cluster.contract.spec import REMOTE_CODE_ENV
 from service.identity import Authenticator
 
 

@@ -1,4 +1,4 @@
-"""llc.v1 messages ↔ the job spec (cluster.spec) and result document (docs/architecture.md).
+"""llc.v1 messages ↔ the job spec (cluster.contract.spec) and result document (docs/architecture.md).
 
 Unset optional fields are left out of the spec dict, so the engine's defaults apply.
 """
@@ -35,8 +35,7 @@ def _enum(table: dict, value: int, out: dict, key: str, field: str) -> None:
     out[key] = table.get(value, f"<unknown enum value {value} of {field}>")
 
 
-_COMPUTE_FIELDS = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage",
-                   "lean_memory")
+_COMPUTE_FIELDS = tuple(f.name for f in pb.ComputeSettings.DESCRIPTOR.fields)  # all optional scalars
 
 
 def _optional(msg: Any, names: tuple[str, ...], out: dict) -> None:

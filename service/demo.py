@@ -20,8 +20,8 @@ from service.server import BackgroundServer
 # Runs in a child process: the front end itself never imports torch.
 MAKE_MODEL = """
 import sys
-from cluster.tiny import make_text_dataset, make_tiny_lm
-from cluster.tiny import train_tiny_lm
+from testbeds.tiny import make_text_dataset, make_tiny_lm
+from testbeds.tiny import train_tiny_lm
 make_text_dataset(sys.argv[2], 200, seed=0, grammar=True)
 make_text_dataset(sys.argv[3], 200, seed=7, grammar=True)
 make_tiny_lm(sys.argv[1], "gpt_neox")

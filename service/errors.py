@@ -1,12 +1,12 @@
 """Domain errors → gRPC status codes, in one place (used by the error interceptor).
 
-Every domain error is a cluster.errors.LLCError carrying its status name in `code`.
+Every domain error is a cluster.contract.errors.LLCError carrying its status name in `code`.
 """
 from __future__ import annotations
 
 import grpc
 
-from cluster.errors import LLCError
+from cluster.contract.errors import LLCError
 
 # The message travels percent-encoded in the grpc-message trailer, and gRPC's default metadata
 # limit is 8 KiB: a longer one turns the real error into RESOURCE_EXHAUSTED on the client.

@@ -23,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
-from cluster.errors import InvalidArgument
+from cluster.contract.errors import InvalidArgument
 
 CLIENT_ID_KEY = "llc-client-id"
 PRINCIPAL_PATTERN = r"^[A-Za-z0-9_.@:\-]{1,128}$"

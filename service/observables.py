@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 from google.protobuf import struct_pb2
 
-from cluster.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from cluster.spec import JobSpec
+from cluster.contract.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from cluster.contract.spec import JobSpec
 from llc import enums
 from llc.v1 import llc_pb2 as pb
 

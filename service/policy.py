@@ -17,8 +17,8 @@ from typing import Iterator
 
 from llc.v1 import llc_pb2 as pb
 
-from cluster.errors import InvalidArgument, NotFound, PermissionDenied
-from cluster.spec import JobSpec, shown
+from cluster.contract.errors import InvalidArgument, NotFound, PermissionDenied
+from cluster.contract.spec import JobSpec, shown
 from service import preflight
 from service.config import ServerConfig
 from service.preflight import datasets_of

@@ -17,8 +17,8 @@ from typing import Any
 from llc.v1 import llc_pb2 as pb
 
 from cluster.architectures import SUPPORTED
-from cluster.errors import InvalidArgument, NotFound
-from cluster.spec import DatasetRef, JobSpec, shown
+from cluster.contract.errors import InvalidArgument, NotFound
+from cluster.contract.spec import DatasetRef, JobSpec, shown
 
 MAX_CONFIG_BYTES = 1 << 20  # also the longest dataset line read
 SAMPLE_ROWS = 20  # json lines read to learn a local file's columns

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cluster.engine.config import SamplerConfig
+from cluster.contract.sampler import SamplerConfig
 
 FINISHED = ("succeeded", "diverged", "failed")
 

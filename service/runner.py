@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.errors import LLCError, Unavailable, reported
-from cluster.events import parse_lines
+from cluster.contract.errors import LLCError, Unavailable, reported
+from cluster.contract.events import parse_lines
 from service import progress as progress_mod
 from service.notify import JobNotifier
 from service.states import JobState

@@ -21,7 +21,7 @@ import signal
 from typing import IO
 from urllib.parse import urlparse
 
-from cluster.errors import FailedPrecondition, Unavailable
+from cluster.contract.errors import FailedPrecondition, Unavailable
 from cluster.local_ray import RayNode, adopt_head, job_api_ready, save_state, start_head
 from service.config import ServerConfig
 from service.server import LLCServer

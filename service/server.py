@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from llc.v1 import llc_pb2, llc_pb2_grpc
 
-from cluster.errors import Unavailable
+from cluster.contract.errors import Unavailable
 from service.config import ServerConfig
 from service.interceptors import AuthInterceptor, ErrorInterceptor
 from service import reflection

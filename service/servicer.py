@@ -11,9 +11,9 @@ import grpc
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
 
-from cluster.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+from cluster.contract.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
                             Unauthenticated, Unavailable)
-from cluster.spec import JobSpec
+from cluster.contract.spec import JobSpec
 from service import convert
 from service import observables as observables_mod
 from service import progress as progress_mod
@@ -52,7 +52,7 @@ class LLCServicer(llc_pb2_grpc.LLCServiceServicer):
         as a missing one, so ids of others' estimates cannot be probed."""
         if not estimate_id:
             raise InvalidArgument("estimate_id is empty; pass the id CreateEstimate returned (see ListEstimates)")
-        if len(estimate_id) > 128:  # ids are at most 128 characters (cluster.spec.NAME_RE)
+        if len(estimate_id) > 128:  # ids are at most 128 characters (cluster.contract.spec.NAME_RE)
             raise InvalidArgument(f"estimate_id is {len(estimate_id)} characters; ids CreateEstimate returns are "
                                   "at most 128")
         rec = await asyncio.to_thread(self.store.get, estimate_id)

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.spec import JobSpec
+from cluster.contract.spec import JobSpec
 from cluster.trajectory import CACHED_UNITS_ENV, merge_cached, unit_keys
 from service.store import JobStore
 

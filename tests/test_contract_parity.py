@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from cluster.spec import JobSpec
+from cluster.contract.spec import JobSpec
 from llc.results import EstimateResult
 from llc.v1 import llc_pb2 as pb
 from service import convert
@@ -68,14 +68,14 @@ def spec_variant(model: pb.ModelRef, data: dict, restriction_data: dict, compute
 VARIANTS = [
     spec_variant(pb.ModelRef(hub_id="org/model", revision="step10", dtype=pb.DTYPE_BFLOAT16, trust_remote_code=True),
                  HUB_DATASET, FILES_DATASET,
-                 dict(gpus_per_chain=0.5, ranks_per_chain=1, zero_stage=3, lean_memory=True)),
+                 dict(gpus_per_chain=0.5, ranks_per_chain=1, zero_stage=3, lean_memory=True, chains_per_worker=1)),
     spec_variant(pb.ModelRef(local_path="/models/m", dtype=pb.DTYPE_AUTO), FILES_DATASET, HUB_DATASET,
-                 dict(gpus_per_chain=0.0, ranks_per_chain=2, zero_stage=3, lean_memory=False)),
+                 dict(gpus_per_chain=0.0, ranks_per_chain=2, zero_stage=3, lean_memory=False, chains_per_worker=1)),
 ]
 
 # An LLC trajectory (cluster/trajectory.py): checkpoints of both sources, calibration step, cache opt-out.
 TRAJECTORY = spec_variant(pb.ModelRef(hub_id="org/model", dtype=pb.DTYPE_BFLOAT16), FILES_DATASET, HUB_DATASET,
-                          dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False))
+                          dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False, chains_per_worker=4))
 TRAJECTORY.checkpoints.extend([pb.Checkpoint(step=100, revision="step100", name="early"),
                                pb.Checkpoint(step=2000, local_path="/ckpts/step2000", name="late")])
 TRAJECTORY.calibrate_at_step = 100
@@ -90,7 +90,7 @@ def test_a_trajectory_spec_survives_proto_to_job_spec_and_back():
 
 # Observables (cluster/observables.py): every field of the request part set.
 OBSERVED = spec_variant(pb.ModelRef(hub_id="org/model", dtype=pb.DTYPE_FLOAT32), HUB_DATASET, FILES_DATASET,
-                        dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False))
+                        dict(gpus_per_chain=0.0, ranks_per_chain=1, zero_stage=3, lean_memory=False, chains_per_worker=4))
 OBSERVED.observables.CopyFrom(pb.Observables(
     datasets=[pb.ObservableDataset(name="code", dataset=pb.DatasetRef(**FILES_DATASET)),
               pb.ObservableDataset(name="legal", dataset=pb.DatasetRef(**HUB_DATASET))],
@@ -116,7 +116,7 @@ def test_a_spec_survives_proto_to_job_spec_and_back(spec):
 
 def engine_result_document() -> dict:
     """A result document as the driver builds it, from the engine's own types."""
-    from cluster.engine.config import SamplerConfig
+    from cluster.contract.sampler import SamplerConfig
     from cluster.engine.result import ChainResult, LLCResult
 
     def chain(i: int, status: str = "succeeded") -> ChainResult:

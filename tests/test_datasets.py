@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cluster.datasets import lm_loss, load_token_dataset, make_batches
-from cluster.errors import InvalidArgument, NotFound
+from cluster.contract.errors import InvalidArgument, NotFound
 from cluster.models import load_model
-from cluster.spec import DatasetRef, ModelRef
-from cluster.tiny import make_text_dataset, make_tiny_tokenizer, tiny_texts
+from cluster.contract.spec import DatasetRef, ModelRef
+from testbeds.tiny import make_text_dataset, make_tiny_tokenizer, tiny_texts
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_unknown_extension(tok, tmp_path):
 
 
 def test_uncached_hub_dataset_offline(tok):
-    from cluster.errors import Unavailable
+    from cluster.contract.errors import Unavailable
 
     with pytest.raises(Unavailable, match="dataset 'NeelNanda/pile-10k' is not in the local Hugging Face cache"):
         _load(tok, hub_id="NeelNanda/pile-10k")
@@ -197,9 +197,9 @@ def test_hub_only_fields_with_local_files(tok, text_jsonl):
 HUB_SCRIPT = r"""
 import json
 from cluster.datasets import load_token_dataset
-from cluster.errors import LLCError
-from cluster.spec import DatasetRef
-from cluster.tiny import make_tiny_tokenizer
+from cluster.contract.errors import LLCError
+from cluster.contract.spec import DatasetRef
+from testbeds.tiny import make_tiny_tokenizer
 tok = make_tiny_tokenizer()
 ds = load_token_dataset(DatasetRef(hub_id="tiny/ds", revision="main", context_length=8), tok, 64)
 out = {"shape": list(ds.input_ids.shape), "commit": ds.provenance["commit"], "fingerprint": ds.fingerprint}

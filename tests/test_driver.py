@@ -4,21 +4,16 @@ The driver against real Ray clusters is in tests/test_ray_cluster.py.
 """
 from __future__ import annotations
 
-import collections
 import json
-import math
-import threading
-import types
 
 import pytest
 
 from cluster import driver
-from cluster.chains import ChainPool, ChainUnit
-from cluster.errors import Cancelled, DeadlineExceeded, FailedPrecondition, Unavailable
-from cluster.events import parse_lines
+from cluster.contract.errors import FailedPrecondition
+from cluster.contract.events import parse_lines
 from cluster.placement import ChainResources, cluster_capacity, pool_size
 from cluster.results import result_document
-from cluster.spec import ComputeSpec, JobSpec
+from cluster.contract.spec import ComputeSpec, JobSpec
 
 
 def make_spec(**overrides) -> JobSpec:
@@ -77,41 +72,6 @@ def test_sharded_chains_plan_one_packed_bundle_per_rank():
     assert ChainResources(1, 0.5).actor_options() == {"num_cpus": 1.0, "num_gpus": 0.5}
     with pytest.raises(FailedPrecondition, match="4 ZeRO-3 ranks packed on one node.*gpus_per_chain to at most 2"):
         cluster_capacity(r, [{"CPU": 64, "GPU": 2}, {"CPU": 64, "GPU": 2}])
-
-
-# -- retries -------------------------------------------------------------------
-def test_a_chain_is_retried_up_to_max_chain_retries_then_recorded_as_failed():
-    spec = make_spec(compute={"max_chain_retries": 2})
-    seen = []
-    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=threading.Event(),
-                     on_chain=lambda unit, status, chain, msg: seen.append((status, unit.attempts, msg)))
-    queue: collections.deque = collections.deque()
-    unit = ChainUnit(restriction=1, chain=2)
-    for attempt in (1, 2, 3):
-        unit.attempts = attempt
-        pool._unit_failed(unit, f"worker process died: boom {attempt}", queue)
-    assert [s for s, _, _ in seen] == ["retrying", "retrying", "failed"]
-    assert list(queue) == [unit, unit]  # re-queued first in line after each of the first two failures
-    failed = pool.results[(1, 2)]
-    assert failed["status"] == "failed" and failed["attempts"] == 3 and math.isnan(failed["llc"])
-    assert "failed 3 times" in failed["message"] and "boom 3" in failed["message"]
-    assert failed["extra"]["failures"] == [f"worker process died: boom {i}" for i in (1, 2, 3)]
-    from cluster.engine.estimate import chain_seed
-
-    assert failed["seed"] == chain_seed(spec.sampler.seed, 2)  # the seed the chain would have had
-
-
-def test_cancel_and_deadline_are_checked_by_the_pool_loop():
-    spec = make_spec(compute={"timeout_s": 5})
-    stop = threading.Event()
-    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=stop, deadline=0.0)
-    with pytest.raises(DeadlineExceeded) as info:
-        pool._check_limits()
-    assert info.value.code == "DEADLINE_EXCEEDED" and "raise compute.timeout_s" in info.value.message
-    stop.set()
-    with pytest.raises(Cancelled) as info:
-        pool._check_limits()
-    assert info.value.code == "CANCELLED"
 
 
 # -- results -------------------------------------------------------------------
@@ -187,15 +147,6 @@ def test_driver_without_a_ray_cluster_says_how_to_reach_one(monkeypatch, tmp_pat
     assert "RAY_ADDRESS" in events[-1]["message"] and "--local" in events[-1]["message"]
 
 
-def test_a_job_whose_workers_cannot_be_placed_fails_naming_the_resources():
-    spec = make_spec(compute={"cpus_per_chain": 2, "gpus_per_chain": 0.5})
-    pool = ChainPool(spec, ChainResources(2, 0.5), 1, stop=threading.Event(), placement_timeout=0.0)
-    pool._none_placed_since -= 1
-    with pytest.raises(Unavailable) as info:
-        pool._check_limits()
-    assert info.value.code == "UNAVAILABLE" and "2 CPUs and 0.5 GPUs" in info.value.message
-
-
 def test_driver_with_a_dead_ray_address_fails_fast(monkeypatch, tmp_path, capsys):
     from cluster.local_ray import free_port
 
@@ -204,36 +155,3 @@ def test_driver_with_a_dead_ray_address_fails_fast(monkeypatch, tmp_path, capsys
     path.write_text(make_spec().to_json())
     code, events = run_main(["--spec", str(path)], capsys)
     assert code == 1 and events[-1]["code"] == "UNAVAILABLE" and "RAY_ADDRESS=127.0.0.1:" in events[-1]["message"]
-
-
-def test_auto_settings_run_pilots_as_units_then_the_main_chains_at_the_chosen_step():
-    """On a cluster the pilots are ordinary (restriction, chain) units, queued ahead of the main
-    chains; once a restriction's pilots are in, its main chains get the resolved settings."""
-    from cluster.workers import dataset_key
-
-    spec = make_spec(sampler={"chains": 2, "draws": 300, "seed": 5})
-    pool = ChainPool(spec, ChainResources(1, 0), 1, stop=threading.Event())
-    key = dataset_key(spec.dataset)
-    pool.summary = {"sample_sizes": {key: 20_000}}
-    units: collections.deque = collections.deque(ChainUnit(r, c) for r in range(2) for c in range(2))
-    pool._plan_settings([key, key], units)
-    plan = pool.plans[0]
-    pilots = [u for u in units if u.pilot]
-    assert len(pilots) == 2 * len(plan.grid) and list(units)[:len(plan.grid)] == pilots[:len(plan.grid)]
-    assert pool.settings == {}  # nothing runs at an unresolved ε
-    assert plan.cost_steps <= 2 * 300 / 3 + len(plan.grid) * 60
-    for k in range(len(plan.grid)):  # MALA falls with ε; the fourth pilot is the last above the target
-        pool._finished("chain", types.SimpleNamespace(busy=True), ChainUnit(0, k, pilot=True), {
-            **chain_dict(k, 1.0), "loss_trace": [1.0 + 0.001 * (i % 3) for i in range(plan.steps)],
-            "init_trace": [1.0] * plan.steps, "mala_acceptance": 0.99 - 0.05 * k, "gradient_noise": 0.0})
-    settings = pool.settings[0]
-    # the fourth pilot (MALA 0.84) is chosen; ε moves up to where MALA crosses 0.8 towards the fifth (0.79)
-    refined = plan.grid[3] * (plan.grid[4] / plan.grid[3]) ** 0.8
-    assert settings["step_size"] == pytest.approx(refined) and settings["nbeta"] == pytest.approx(20_000 / math.log(20_000))
-    assert isinstance(settings["burn_in"], int) and 1 not in pool.settings  # restriction 1 still waits
-    assert pool.results == {}  # pilots are not chains of the result
-    doc = result_document(spec, {(0, 0): chain_dict(0, 1.0), (0, 1): chain_dict(1, 1.2)}, [None, None], None, {},
-                          settings=pool.settings, calibrations=pool.calibrations)
-    full = doc["restrictions"][0]
-    assert full["config"]["step_size"] == pytest.approx(refined)
-    assert [p["chosen"] for p in full["calibration"]["pilots"]].index(True) == 3

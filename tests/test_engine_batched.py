@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.batched import BatchingUnsupported, run_chains_batched
 from cluster.engine.result import DIVERGED, SUCCEEDED
 

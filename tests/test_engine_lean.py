@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import ConfigError, SamplerConfig, estimate_llc
+from cluster.contract.sampler import ConfigError, SamplerConfig
+
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.lean import LeanSGLD
 from cluster.engine.sgld import SGLD
 

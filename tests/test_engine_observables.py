@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.influence import bif, bif_stderr, susceptibilities
 from cluster.engine.observables import ObservableRecorder
 

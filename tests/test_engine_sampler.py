@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import ConfigError, SamplerConfig, effective_sample_size, estimate_llc, split_rhat
-from cluster.engine.estimate import chain_seed
+from cluster.contract.sampler import ConfigError, SamplerConfig
+
+from cluster.engine.diagnostics import effective_sample_size, split_rhat
+
+from cluster.engine.estimate import estimate_llc
+from cluster.engine.seeds import chain_seed
 
 
 def _regression(d=6, n=512, seed=0, noise=0.1):
@@ -207,7 +211,7 @@ def test_concurrent_workers_give_the_same_chains():
 
 
 def test_init_loss_is_deterministic_over_shuffled_partial_batches():
-    from cluster.engine import compute_init_loss
+    from cluster.engine.estimate import compute_init_loss
 
     model, _ = _regression()
     x = torch.randn(100, 6)

@@ -1,12 +1,12 @@
 """The closed-form learning coefficients the estimator is judged against
-(cluster/engine/theory.py): known values, cross-checks between formulas, and
+(testbeds/theory.py): known values, cross-checks between formulas, and
 the bounds every learning coefficient obeys. Pure arithmetic, fast."""
 import itertools
 import math
 
 import pytest
 
-from cluster.engine.theory import deep_linear_network, normal_crossing, reduced_rank_regression, regular
+from testbeds.theory import deep_linear_network, normal_crossing, reduced_rank_regression, regular
 
 
 def test_regular_model_is_half_the_dimension():

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from cluster import errors
-from cluster.engine.config import ConfigError
-from cluster.spec import SpecError
+from cluster.contract import errors
+from cluster.contract.sampler import ConfigError
+from cluster.contract.spec import SpecError
 
 ERROR_TYPES = [errors.LLCError, errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition,
                errors.ResourceExhausted, errors.Unavailable, errors.Unauthenticated, errors.PermissionDenied,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from cluster.contract.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from cluster.hub import content_hash, hashed_files, resolve_commit
 from tests.fixtures.hub import subprocess_env
 
@@ -151,7 +151,7 @@ def test_hub_errors_inside_loaders_are_mapped():
 
 def test_workers_that_loaded_different_commits_fail_the_job():
     """A branch that moves between two workers' loads would mix checkpoints in one estimate."""
-    from cluster.errors import FailedPrecondition
+    from cluster.contract.errors import FailedPrecondition
     from cluster.hub import check_same_commits
 
     def summary(model_commit, data_commit):
@@ -220,8 +220,8 @@ LOADERS = """
 import json, os, urllib.request
 from cluster.models import load_model
 from cluster.datasets import load_token_dataset
-from cluster.errors import LLCError
-from cluster.spec import DatasetRef, ModelRef
+from cluster.contract.errors import LLCError
+from cluster.contract.spec import DatasetRef, ModelRef
 
 def log():
     return json.load(urllib.request.urlopen(os.environ["HF_ENDPOINT"] + "/_stand_in/requests"))
@@ -275,7 +275,7 @@ import json
 from cluster.hub import resolve_commit
 from cluster.models import load_model
 from cluster.datasets import load_token_dataset
-from cluster.spec import DatasetRef, ModelRef
+from cluster.contract.spec import DatasetRef, ModelRef
 lm = load_model(ModelRef(hub_id="tiny/lm", revision="step1"))
 ds = load_token_dataset(DatasetRef(hub_id="tiny/texts", revision="v2", context_length=16), lm.tokenizer, 64)
 print(json.dumps({"commit": resolve_commit("tiny/lm", "step1"), "model": lm.provenance["commit"],
@@ -293,7 +293,7 @@ def loaded(hub, tmp_path_factory):
 
 def local_weights(directory: Path) -> float:
     from cluster.models import load_model
-    from cluster.spec import ModelRef
+    from cluster.contract.spec import ModelRef
 
     lm = load_model(ModelRef(local_path=str(directory)))
     return sum(float(p.double().sum()) for p in lm.model.parameters())
@@ -368,7 +368,7 @@ def test_offline_reuses_what_was_downloaded(loaded, hub):
 # -- an estimate job on a hub model --------------------------------------------------------
 def _run_driver(spec: dict, hub, tmp_path, *, timeout: int) -> dict:
     """Runs one job with `cluster.driver --local` against the stand-in hub; returns its result document."""
-    from cluster.events import parse_lines
+    from cluster.contract.events import parse_lines
 
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
@@ -431,7 +431,7 @@ def test_preflight_sees_the_config_of_a_hub_model_a_job_downloaded(loaded, monke
 
     from huggingface_hub import constants
 
-    from cluster.spec import ModelRef
+    from cluster.contract.spec import ModelRef
     from service.preflight import model_config
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(loaded[1] / "hub"))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cluster.errors import Unavailable
+from cluster.contract.errors import Unavailable
 from cluster.local_ray import free_port, job_api_ready, start_head, start_worker
 
 

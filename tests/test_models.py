@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster.errors import InvalidArgument, NotFound, Unavailable
+from cluster.contract.errors import InvalidArgument, NotFound, Unavailable
 from cluster.models import clear_model_cache, load_model, load_model_cached
-from cluster.spec import ModelRef
+from cluster.contract.spec import ModelRef
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,8 +102,8 @@ def test_uncached_hub_id_offline_is_unavailable_not_a_traceback():
 HUB_SCRIPT = r"""
 import json, sys
 from cluster.models import load_model
-from cluster.spec import ModelRef
-from cluster.errors import LLCError
+from cluster.contract.spec import ModelRef
+from cluster.contract.errors import LLCError
 out = {}
 lm = load_model(ModelRef(hub_id="tiny/gpt2", revision="main"))
 out["commit"] = lm.provenance["commit"]
@@ -145,7 +145,8 @@ def test_checkpointed_activations_keep_the_losses_and_fewer_bytes(tiny_lm_dirs, 
     """The lean mode's activation checkpointing: the same lean chain's losses exactly, dropout
     submodules still in eval mode, and far fewer bytes kept for the backward pass."""
     from cluster.datasets import lm_loss
-    from cluster.engine import SamplerConfig, estimate_llc
+    from cluster.contract.sampler import SamplerConfig
+    from cluster.engine.estimate import estimate_llc
     from cluster.models import checkpoint_activations
 
     def kept_bytes(model, batch) -> int:

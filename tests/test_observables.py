@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from cluster.datasets import lm_loss, load_token_dataset, make_batches
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+from cluster.engine.estimate import estimate_llc
 from cluster.engine.influence import bif, susceptibilities
 from cluster.models import load_model
-from cluster.spec import DatasetRef, JobSpec, ModelRef
+from cluster.contract.spec import DatasetRef, JobSpec, ModelRef
 from cluster import observables
 from cluster.workers import dataset_key, dataset_refs
 

@@ -81,7 +81,7 @@ def test_oversized_observables_refused_at_submission(tmp_path):
 
 
 def test_artifact_paths_stay_in_the_results_directory_and_chunks_reassemble(tmp_path):
-    from cluster.errors import FailedPrecondition, NotFound
+    from cluster.contract.errors import FailedPrecondition, NotFound
     from service.observables import artifact_path, chunks
 
     root = tmp_path / "results"

@@ -32,7 +32,7 @@ def test_buf_style_enums_and_package():
 def test_sampler_settings_cover_every_sampler_config_field():
     from dataclasses import fields
 
-    from cluster.engine.config import SamplerConfig
+    from cluster.contract.sampler import SamplerConfig
 
     proto_fields = set(llc_pb2.SamplerSettings.DESCRIPTOR.fields_by_name)
     assert {f.name for f in fields(SamplerConfig)} == proto_fields
@@ -46,8 +46,8 @@ def test_service_methods():
 
 def test_domain_enum_tuples_match_the_proto_enums():
     """The engine and job spec are proto-free, so they spell their choices out; the proto decides."""
-    from cluster.engine import config
-    from cluster.spec import SELECTOR_KINDS
+    from cluster.contract import sampler as config
+    from cluster.contract.spec import SELECTOR_KINDS
     from llc.enums import values
 
     assert set(values(llc_pb2.SelectorKind)) == set(SELECTOR_KINDS)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from cluster.events import parse_lines
+from cluster.contract.events import parse_lines
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +124,20 @@ def test_one_worker_gives_the_same_chains_as_two(baseline, ray_nodes):
     assert len({c["extra"]["node_id"] for c in r["chains"]}) == 1
     assert r["llc_per_chain"] == result_of(baseline["events"])["llc_per_chain"]  # bit for bit
     assert r["loss_traces"] == result_of(baseline["events"])["loss_traces"]
+
+
+def test_chains_per_worker_runs_chains_batched_in_fewer_processes_with_the_same_results(baseline, ray_nodes):
+    """compute.chains_per_worker = 2: two workers of two CPUs, each running its two chains as one
+    vmap-batched computation (cluster.engine.batched); the chains equal those run one at a time."""
+    spec = {**baseline["spec"], "compute": {"cpus_per_chain": 0.5, "chains_per_worker": 2}}
+    code, events = run_driver(spec, ray_nodes, LLC_MAX_CHAIN_WORKERS="1")
+    assert code == 0, events[-1:]
+    r, ref = result_of(events), result_of(baseline["events"])
+    assert [c["extra"]["chains_together"] for c in r["chains"]] == [2] * CHAINS
+    assert len({c["extra"]["pid"] for c in r["chains"]}) == 1  # one process, one model copy, all four chains
+    assert r["llc_per_chain"] == pytest.approx(ref["llc_per_chain"], rel=1e-4, abs=1e-4)
+    progress = {e["chain"] for e in events if e["type"] == "progress"}
+    assert progress <= set(range(CHAINS)) and len(progress) >= 2, "every batched chain reports its own progress"
 
 
 def test_a_worker_killed_mid_chain_is_replaced_and_its_chain_retried(baseline, ray_nodes):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.errors import InvalidArgument
+from cluster.contract.errors import InvalidArgument
 from cluster.models import load_model
 from cluster.restrictions import preview, select_weights
-from cluster.spec import ModelRef, Restriction, WeightSelector as W
+from cluster.contract.spec import ModelRef, Restriction, WeightSelector as W
 
 HEADS, HIDDEN = 4, 16
 HEAD_DIM = HIDDEN // HEADS

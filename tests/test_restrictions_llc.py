@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from cluster.datasets import lm_loss, load_token_dataset, make_batches
-from cluster.engine import SamplerConfig, estimate_llc
+from cluster.contract.sampler import SamplerConfig
+from cluster.engine.estimate import estimate_llc
 from cluster.models import load_model
 from cluster.restrictions import select_weights
-from cluster.spec import DatasetRef, ModelRef, WeightSelector as W
+from cluster.contract.spec import DatasetRef, ModelRef, WeightSelector as W
 
 CONFIG = SamplerConfig(step_size=1e-3, nbeta=20.0, gamma=100.0, chains=1, draws=12, fetch_every=4, seed=3)
 

@@ -375,7 +375,7 @@ def test_a_watch_sees_changes_another_front_end_writes_to_the_shared_store(make_
 def test_a_port_in_use_is_a_clear_error(make_server, tmp_path, dead_ray_url):
     import socket
 
-    from cluster.errors import Unavailable
+    from cluster.contract.errors import Unavailable
     from service.config import ServerConfig
     from service.server import BackgroundServer
 

@@ -1,8 +1,8 @@
 """llc.v1 messages ↔ job spec and result document; progress folded from events."""
 import math
 
-from cluster.engine.config import SamplerConfig
-from cluster.spec import JobSpec
+from cluster.contract.sampler import SamplerConfig
+from cluster.contract.spec import JobSpec
 from llc.results import EstimateResult, Event
 from llc.v1 import llc_pb2 as pb
 from service import convert, progress

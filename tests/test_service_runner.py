@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from cluster.events import encode, parse_lines
+from cluster.contract.events import encode, parse_lines
 from service.runner import LineBuffer
 
 

@@ -89,9 +89,9 @@ def test_remote_code_is_refused_unless_the_deployment_allows_it(make_server, roo
 
 
 def test_the_driver_refuses_remote_code_unless_its_job_allows_it(tiny_gpt2_dir, monkeypatch):
-    from cluster.errors import PermissionDenied
+    from cluster.contract.errors import PermissionDenied
     from cluster.models import load_model
-    from cluster.spec import ModelRef
+    from cluster.contract.spec import ModelRef
 
     ref = ModelRef(local_path=str(tiny_gpt2_dir), trust_remote_code=True)
     for value in (None, "0", "true"):
@@ -192,8 +192,8 @@ def test_a_hub_model_in_the_local_cache_is_checked_early(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
     code = f"""
 from llc.v1 import llc_pb2 as pb
-from cluster.errors import InvalidArgument
-from cluster.spec import JobSpec
+from cluster.contract.errors import InvalidArgument
+from cluster.contract.spec import JobSpec
 from service import convert
 from service.config import ServerConfig
 from service.policy import SubmissionPolicy
@@ -259,10 +259,10 @@ def test_the_chart_refuses_relative_roots(helm, tmp_path):
 
 # ------------------------------------------------------------------ regexes
 def test_a_catastrophic_regex_is_answered_within_a_second(make_server, root, tiny_gpt2_dir):
-    from cluster.errors import InvalidArgument
+    from cluster.contract.errors import InvalidArgument
     from cluster.models import load_model
     from cluster.restrictions import select_weights
-    from cluster.spec import ModelRef, WeightSelector
+    from cluster.contract.spec import ModelRef, WeightSelector
 
     server = make_server(allowed_roots=(str(root),))
     spec = spec_for(root / "model", root / "train.jsonl")
@@ -354,7 +354,7 @@ def test_mistakes_the_config_and_first_rows_show_are_refused_at_create(make_serv
 
 def test_what_the_config_allows_is_accepted_and_small_models_get_a_fitting_context(make_server, tiny_root,
                                                                                    tiny_lm_dirs, text_jsonl):
-    from cluster.spec import JobSpec
+    from cluster.contract.spec import JobSpec
     from service import convert
     from service.policy import SubmissionPolicy
 
@@ -377,7 +377,7 @@ def test_early_validation_keeps_torch_out_of_the_front_end(tiny_root, tiny_lm_di
     code = f"""
 import sys
 from llc.v1 import llc_pb2 as pb
-from cluster.spec import JobSpec
+from cluster.contract.spec import JobSpec
 from service import convert
 from service.config import ServerConfig
 from service.policy import SubmissionPolicy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import Unavailable
+from cluster.contract.errors import Unavailable
 from cluster.local_ray import free_port
 from llc import Client
 from service.serve import resolve_dashboard

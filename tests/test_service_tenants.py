@@ -14,8 +14,8 @@ import grpc
 import pytest
 import yaml
 
-from cluster.errors import InvalidArgument
-from cluster.events import encode
+from cluster.contract.errors import InvalidArgument
+from cluster.contract.events import encode
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
 from service.config import ServerConfig

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from cluster.events import parse_lines
+from cluster.contract.events import parse_lines
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def pair(ray_here, tiny_gpt2_dir, text_jsonl):
 
     from cluster.placement import ChainResources
     from cluster.sharded import start_sharded_worker
-    from cluster.spec import JobSpec
+    from cluster.contract.spec import JobSpec
     from cluster.workers import ChainWorker, dataset_key
 
     spec = JobSpec.from_dict(job_spec(tiny_gpt2_dir, text_jsonl, "pair"))
@@ -86,8 +86,8 @@ def test_noise_off_traces_match_the_single_process_engine(pair, monkeypatch):
     ray.get(group.set_test_options.remote(noise=False))
     monkeypatch.setattr(SGLD, "_noise", lambda self, params: [torch.zeros_like(p) for p in params])
     for r, restriction in enumerate(RESTRICTIONS):
-        sharded = ray.get(group.run_chain.remote(r, 0, 1, init_sharded))
-        reference = single.run_chain(r, 0, 1, init_single)
+        sharded = ray.get(group.run_chains.remote(r, [0], [1], init_sharded))[0]
+        reference = single.run_chains(r, [0], [1], init_single)[0]
         assert sharded["status"] == reference["status"] == "succeeded"
         np.testing.assert_allclose(sharded["loss_trace"], reference["loss_trace"], rtol=1e-5, atol=1e-6,
                                    err_msg=restriction["name"])
@@ -106,7 +106,7 @@ def test_two_ranks_partitions_get_independent_noise(pair):
 
     def moves(noise: bool) -> list[np.ndarray]:
         ray.get(group.set_test_options.remote(noise=noise, record_moves=True))
-        ray.get(group.run_chain.remote(0, 1, 1, init))
+        ray.get(group.run_chains.remote(0, [1], [1], init))[0]
         return [np.concatenate(parts) for parts in ray.get(group.moves.remote())]
 
     try:
@@ -127,14 +127,14 @@ def test_noise_on_llc_agrees_within_its_error_bar(pair):
     group, single, key, _ = pair
     init_sharded, init_single = ray.get(group.init_loss.remote(key)), single.init_loss(key)
     chains = range(SAMPLER["chains"])
-    runs = [ray.get(group.run_chain.remote(0, c, 1, init_sharded)) for c in chains]
+    runs = [ray.get(group.run_chains.remote(0, [c], [1], init_sharded))[0] for c in chains]
     sharded = np.array([r["llc"] for r in runs])
     assert runs[0]["loss_trace"] != runs[0]["init_trace"], runs[0]
-    reference = np.array([single.run_chain(0, c, 1, init_single)["llc"] for c in chains])
+    reference = np.array([single.run_chains(0, [c], [1], init_single)[0]["llc"] for c in chains])
     assert np.isfinite(sharded).all() and not np.array_equal(sharded, reference)  # other noise streams
     error = np.sqrt(sharded.var(ddof=1) / len(sharded) + reference.var(ddof=1) / len(reference))
     assert abs(sharded.mean() - reference.mean()) < 3 * error, (sharded, reference)
-    paired = ray.get(group.run_chain.remote(0, 0, 1, None))  # L_m(w*) on each draw's own batch
+    paired = ray.get(group.run_chains.remote(0, [0], [1], None))[0]  # L_m(w*) on each draw's own batch
     assert paired["status"] == "succeeded" and paired["llc"] != 0 and paired["loss_trace"] != paired["init_trace"]
 
 
@@ -202,7 +202,7 @@ def test_a_lean_memory_worker_checkpoints_activations_and_runs_default_settings(
     model turns on activation checkpointing and runs a chain with the default mala=true."""
     import math
 
-    from cluster.spec import JobSpec
+    from cluster.contract.spec import JobSpec
     from cluster.workers import ChainWorker, dataset_key
 
     data = job_spec(tiny_gpt2_dir, text_jsonl, "lean", ranks_per_chain=1, lean_memory=True)
@@ -213,5 +213,5 @@ def test_a_lean_memory_worker_checkpoints_activations_and_runs_default_settings(
     summary = worker.prepare()
     assert summary["model_provenance"]["checkpointed_layers"] == 2 and summary["model_provenance"]["dtype"] == "bfloat16"
     key = dataset_key(spec.dataset)
-    chain = worker.run_chain(0, 0, 1, worker.init_loss(key))
+    chain = worker.run_chains(0, [0], [1], worker.init_loss(key))[0]
     assert chain["status"] == "succeeded" and math.isfinite(chain["llc"]) and chain["mala_acceptance"] is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cluster.engine.zero3 import rank_seed
-from cluster.errors import InvalidField
-from cluster.spec import ComputeSpec, JobSpec
+from cluster.contract.errors import InvalidField
+from cluster.contract.spec import ComputeSpec, JobSpec
 
 
 def spec(batch_size: int = 8, **compute) -> dict:

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from cluster.errors import InvalidArgument, ResourceExhausted
+from cluster.contract.errors import InvalidArgument, ResourceExhausted
 from service.states import JobState
 from service.store import JobRecord, open_store
 

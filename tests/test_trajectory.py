@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from cluster.errors import InvalidField
-from cluster.spec import JobSpec
-from cluster.tiny import make_tiny_lm
+from cluster.contract.errors import InvalidField
+from cluster.contract.spec import JobSpec
+from testbeds.tiny import make_tiny_lm
 from cluster.trajectory import CACHED_UNITS_ENV, assemble, merge_cached, unit_keys
 from llc.requests import estimate_spec
 from llc.results import EstimateResult

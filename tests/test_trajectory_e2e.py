@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cluster.tiny import make_tiny_lm
+from testbeds.tiny import make_tiny_lm
 from llc import Client, trajectories
 from llc.cli import main as cli
 from service.config import ServerConfig

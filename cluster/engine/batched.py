@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
-from cluster.engine.config import SamplerConfig
+from cluster.contract.sampler import SamplerConfig
 from cluster.engine.result import SUCCEEDED, ChainResult
 from cluster.engine.sgld import SGLD
 

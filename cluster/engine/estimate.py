@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from cluster.engine import batched, calibrate
-from cluster.engine.config import ConfigError, SamplerConfig
+from cluster.contract.sampler import ConfigError, SamplerConfig
+from cluster.engine.seeds import chain_seed
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
 from cluster.engine.lean import LeanSGLD
 from cluster.engine.sgld import SGLD, UPDATES
@@ -44,11 +45,6 @@ class ChainProgress:
     step: int  # steps done
     total_steps: int
     llc_running: float  # λ̂ over the draws so far (nan before the first draw)
-
-
-def chain_seed(seed: int, chain: int) -> int:
-    """Per-chain seed from (job seed, chain index) only, whatever the placement."""
-    return int(np.random.SeedSequence([seed, chain]).generate_state(2, dtype=np.uint64)[0] % (2**63))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cluster.engine.config import ConfigError, SamplerConfig
+from cluster.contract.sampler import ConfigError, SamplerConfig
 from cluster.engine.estimate import (BLOWUP_FACTOR, ChainProgress, LossFn, _autocast, _autocast_dtype,
                                      _batch_stream, _check_block, _llc, _to_device, chain_seed)
 from cluster.engine.result import SUCCEEDED, ChainResult

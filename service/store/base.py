@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from cluster.errors import InvalidArgument, ResourceExhausted
+from cluster.contract.errors import InvalidArgument, ResourceExhausted
 from service.states import TERMINAL, JobState
 
 _JOB_COLUMNS = ("id", "request_id", "owner", "state", "spec_json", "fingerprint", "submission_id",

@@ -7,7 +7,7 @@ import re
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from cluster.errors import InvalidArgument, Unavailable
+from cluster.contract.errors import InvalidArgument, Unavailable
 from service.store.base import JobStore
 
 log = logging.getLogger(__name__)

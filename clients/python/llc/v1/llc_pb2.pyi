@@ -216,7 +216,7 @@ class SamplerSettings(_message.Message):
     def __init__(self, step_size: _Optional[float] = ..., nbeta: _Optional[float] = ..., gamma: _Optional[float] = ..., method: _Optional[_Union[SamplerMethod, str]] = ..., chains: _Optional[int] = ..., burn_in: _Optional[int] = ..., draws: _Optional[int] = ..., steps_between_draws: _Optional[int] = ..., seed: _Optional[int] = ..., init_loss: _Optional[_Union[InitLossMode, str]] = ..., init_loss_batches: _Optional[int] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., rmsprop_alpha: _Optional[float] = ..., rmsprop_eps: _Optional[float] = ..., mala: _Optional[bool] = ..., fetch_every: _Optional[int] = ..., calibration_budget: _Optional[float] = ...) -> None: ...
 
 class ComputeSettings(_message.Message):
-    __slots__ = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage", "lean_memory")
+    __slots__ = ("gpus_per_chain", "cpus_per_chain", "max_chain_retries", "timeout_s", "ranks_per_chain", "zero_stage", "lean_memory", "chains_per_worker")
     GPUS_PER_CHAIN_FIELD_NUMBER: _ClassVar[int]
     CPUS_PER_CHAIN_FIELD_NUMBER: _ClassVar[int]
     MAX_CHAIN_RETRIES_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,7 @@ class ComputeSettings(_message.Message):
     RANKS_PER_CHAIN_FIELD_NUMBER: _ClassVar[int]
     ZERO_STAGE_FIELD_NUMBER: _ClassVar[int]
     LEAN_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     gpus_per_chain: float
     cpus_per_chain: float
     max_chain_retries: int
@@ -231,7 +232,8 @@ class ComputeSettings(_message.Message):
     ranks_per_chain: int
     zero_stage: int
     lean_memory: bool
-    def __init__(self, gpus_per_chain: _Optional[float] = ..., cpus_per_chain: _Optional[float] = ..., max_chain_retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., ranks_per_chain: _Optional[int] = ..., zero_stage: _Optional[int] = ..., lean_memory: _Optional[bool] = ...) -> None: ...
+    chains_per_worker: int
+    def __init__(self, gpus_per_chain: _Optional[float] = ..., cpus_per_chain: _Optional[float] = ..., max_chain_retries: _Optional[int] = ..., timeout_s: _Optional[float] = ..., ranks_per_chain: _Optional[int] = ..., zero_stage: _Optional[int] = ..., lean_memory: _Optional[bool] = ..., chains_per_worker: _Optional[int] = ...) -> None: ...
 
 class EstimateSpec(_message.Message):
     __slots__ = ("model", "dataset", "restrictions", "sampler", "compute", "batch_size", "checkpoints", "calibrate_at_step", "use_cache", "observables")

@@ -15,8 +15,8 @@ from typing import Any
 
 import re2
 
-from cluster.engine.config import SamplerConfig
-from cluster.errors import InvalidField
+from cluster.contract.sampler import SamplerConfig
+from cluster.contract.errors import InvalidField
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 FILE_FORMATS = ("json", "jsonl", "parquet", "text", "csv")
@@ -232,6 +232,9 @@ class ComputeSpec:
     ranks_per_chain: int = 1
     zero_stage: int = 3  # of sharded chains; stages 1-2 keep whole weights on every rank, which saves nothing here
     lean_memory: bool = False  # bf16 weights + fp32 drift w - w* (cluster.engine.lean), single-process chains
+    # Chains one worker process runs together as one batched computation (cluster.engine.batched): one
+    # model copy per k chains instead of one process each; the worker asks for k chains' CPUs and GPUs.
+    chains_per_worker: int = 1
 
     @property
     def ranks(self) -> int:
@@ -262,6 +265,15 @@ class ComputeSpec:
         _require(not (self.lean_memory and self.ranks > 1), f"{path}.lean_memory",
                  "is for single-process chains; a sharded chain already divides its memory by its ranks: "
                  "set lean_memory=false or use one rank")
+        k = self.chains_per_worker
+        _require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 256, f"{path}.chains_per_worker",
+                 f"must be an integer in [1, 256], got {k!r}")
+        _require(k == 1 or (self.ranks == 1 and not self.lean_memory), f"{path}.chains_per_worker",
+                 "batches the chains of one single-process worker; sharded (ranks > 1) and lean_memory chains run "
+                 "one at a time: set chains_per_worker=1")
+        _require(k == 1 or g * k <= 1 + 1e-9, f"{path}.chains_per_worker",
+                 f"a worker batches its chains on one GPU: gpus_per_chain x chains_per_worker must be at most 1, "
+                 f"got {g:g} x {k}; lower one of them")
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "compute") -> "ComputeSpec":

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cluster.errors import InvalidField
+from cluster.contract.errors import InvalidField
 
 METHODS = ("sgld", "rmsprop_sgld")
 DTYPES = ("float32", "bfloat16", "float16")

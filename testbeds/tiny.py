@@ -133,7 +133,7 @@ def train_tiny_lm(directory: str | Path, dataset: str | Path, *, steps: int = 20
 
     from cluster.datasets import lm_loss, load_token_dataset
     from cluster.models import load_model
-    from cluster.spec import DatasetRef, ModelRef
+    from cluster.contract.spec import DatasetRef, ModelRef
 
     loaded = load_model(ModelRef(local_path=str(directory)))
     data = load_token_dataset(DatasetRef(files=[str(dataset)], context_length=context_length),
