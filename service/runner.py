@@ -1,10 +1,12 @@
-"""Runs estimates as Ray jobs: submit, follow the job's log for events, store them, finish.
+"""Runs estimates as Ray jobs: the Ray jobs adapter (submit, follow the log, stop).
 
 Each estimate is one Ray job (`submission_id = llc-<job_id>`, entrypoint
 `<python> -m cluster.driver`, spec in the env var LLC_JOB_SPEC). The runner follows
-the job's log stream (push), parses `LLC_EVENT` lines, stores each event once by seq
-and moves the job through its states. Ray keeps the job and its log when the front
-end stops; a new runner re-reads the log of every unfinished job (`resume`).
+the job's log stream (push), parses `LLC_EVENT` lines and hands them to the
+`JobTracker` (service/tracker.py), which stores them once by seq and moves the job
+through its states; every store call runs off the event loop. Ray keeps the job and
+its log when the front end stops; a new runner re-reads the log of every unfinished
+job (`resume`).
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from typing import Any
 
 from cluster.contract.errors import LLCError, Unavailable, reported
 from cluster.contract.events import parse_lines
-from service import progress as progress_mod
 from service.notify import JobNotifier
 from service.states import JobState
 from service.store import JobRecord, JobStore
+from service.tracker import JobTracker
 
 log = logging.getLogger(__name__)
 RAY_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -62,9 +64,9 @@ def submission_id(job_id: str) -> str:
 class RayJobRunner:
     def __init__(self, store: JobStore, config: RunnerConfig, notifier: JobNotifier):
         self.store, self.config, self.notifier = store, config, notifier
+        self.tracker = JobTracker(store, notifier)
         self._client: Any = None
         self._tasks: dict[str, asyncio.Task] = {}
-        self._cache_plans: dict[str, Any] = {}  # job id -> service.unit_cache.CachePlan (trajectories)
 
     # -------------------------------------------------------------- Ray connection
     def _connect(self) -> Any:
@@ -109,17 +111,14 @@ class RayJobRunner:
     async def cancel(self, rec: JobRecord, reason: str) -> JobRecord | None:
         if rec.submission_id:
             try:
-                await asyncio.to_thread(self._connect().stop_job, rec.submission_id)
+                await asyncio.to_thread(lambda: self._connect().stop_job(rec.submission_id))
             except Unavailable:
                 raise
             except Exception as exc:  # the job already ended or was never created: nothing to stop
                 log.info("stop_job(%s): %s", rec.submission_id, exc)
-        done = self.store.transition(rec.id, JobState.CANCELLED, error_code="CANCELLED", error_message=reason)
-        self.notifier.notify(rec.id)
-        later = self.store.get(rec.id)
-        if done is not None and later is not None and later.submission_id and not rec.submission_id:
-            # The submission landed between our read and the transition: stop it too.
-            await asyncio.to_thread(self._stop_quietly, later.submission_id)
+        done, landed = await asyncio.to_thread(self.tracker.cancel, rec, reason)
+        if landed:  # the submission landed between our read and the transition: stop it too
+            await asyncio.to_thread(self._stop_quietly, landed)
         return done
 
     # -------------------------------------------------------------- preview
@@ -154,22 +153,15 @@ class RayJobRunner:
 
     # -------------------------------------------------------------- one job
     async def _run(self, job_id: str) -> None:
+        tracker = self.tracker
         try:
-            rec = self.store.get(job_id)
+            rec = await asyncio.to_thread(self.store.get, job_id)
             if rec is None or rec.state.is_terminal:
                 return
-            if not rec.submission_id and rec.spec.get("checkpoints"):  # a trajectory: ask the unit cache first
-                from service import unit_cache
-
-                try:
-                    cache = await asyncio.to_thread(unit_cache.plan, self.store, rec.spec)
-                except Exception:  # noqa: BLE001 (the job runs without the cache rather than not at all)
-                    log.exception("the unit cache could not plan job %s; computing every unit", job_id)
-                    cache = None
-                self._cache_plans[job_id] = cache
-                if cache is not None and cache.complete:  # every unit is stored: no driver, no workers
-                    self._answer_from_cache(rec, cache)
-                    return
+            cache = await asyncio.to_thread(tracker.plan_cache, rec)  # a trajectory: ask the unit cache first
+            if cache is not None and cache.complete:  # every unit is stored: no driver, no workers
+                await asyncio.to_thread(tracker.answer_from_cache, rec, cache)
+                return
             sid = rec.submission_id or await self._submit(rec)
             if sid:
                 await self._follow(job_id, sid)
@@ -177,13 +169,13 @@ class RayJobRunner:
             raise
         except Exception as exc:  # a bug or a lost cluster: the job must not hang in QUEUED/RUNNING
             log.exception("following job %s failed", job_id)
-            self._finish(job_id, JobState.FAILED, code="UNAVAILABLE" if isinstance(exc, Unavailable) else "INTERNAL",
-                         message=f"the front end lost this estimate: {exc}")
+            await asyncio.to_thread(
+                tracker.finish, job_id, JobState.FAILED, code="UNAVAILABLE" if isinstance(exc, Unavailable) else "INTERNAL",
+                message=f"the front end lost this estimate: {exc}")
 
     async def _submit(self, rec: JobRecord) -> str:
         sid = submission_id(rec.id)
-        cache = self._cache_plans.get(rec.id)
-        env = {**self.config.env_vars, "LLC_JOB_SPEC": rec.spec_json, **(cache.env() if cache is not None else {})}
+        env = {**self.config.env_vars, "LLC_JOB_SPEC": rec.spec_json, **self.tracker.driver_env(rec.id)}
         deadline = time.monotonic() + self.config.submit_retry_s
         while True:
             try:
@@ -195,17 +187,16 @@ class RayJobRunner:
                 break
             except Unavailable as exc:
                 if time.monotonic() > deadline:
-                    self._finish(rec.id, JobState.FAILED, code="UNAVAILABLE", message=exc.message)
+                    await asyncio.to_thread(self.tracker.finish, rec.id, JobState.FAILED, code="UNAVAILABLE",
+                                            message=exc.message)
                     return ""
                 await asyncio.sleep(1.0)
             except RuntimeError as exc:
                 # Submitted before a restart, but the id was not stored yet: follow that job.
                 if "already" not in str(exc):
                     raise
-        self.store.set_submission(rec.id, sid)
-        self.notifier.notify(rec.id)
-        if self._terminal(rec.id):  # cancelled while the submission was in flight: stop what we started
-            await asyncio.to_thread(self._stop_quietly, sid)
+        if not await asyncio.to_thread(self.tracker.submitted, rec.id, sid):
+            await asyncio.to_thread(self._stop_quietly, sid)  # cancelled while the submission was in flight
             return ""
         return sid
 
@@ -216,6 +207,7 @@ class RayJobRunner:
             log.info("stop_job(%s): %s", sid, exc)
 
     async def _follow(self, job_id: str, sid: str) -> None:
+        tracker = self.tracker
         while True:
             try:
                 client = await asyncio.to_thread(self._connect)
@@ -227,102 +219,27 @@ class RayJobRunner:
             buffer = LineBuffer()
             try:
                 async for chunk in client.tail_job_logs(sid):
-                    self._ingest(job_id, parse_lines(buffer.feed(chunk)))
-                    if self._terminal(job_id):
+                    if await asyncio.to_thread(tracker.ingest, job_id, parse_lines(buffer.feed(chunk))):
                         return
-                self._ingest(job_id, parse_lines(buffer.flush()))
+                await asyncio.to_thread(tracker.ingest, job_id, parse_lines(buffer.flush()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream broke (dashboard restart, network): re-read below
                 log.warning("log stream of %s broke: %s", sid, exc)
-            if self._terminal(job_id):
+            if await asyncio.to_thread(tracker.is_terminal, job_id):
                 return
             try:
                 info = await asyncio.to_thread(client.get_job_info, sid)
             except RuntimeError as exc:  # the job API's 404: this cluster never had the job, or lost it
                 if "does not exist" not in str(exc):
                     raise
-                self._finish(job_id, JobState.FAILED, code="UNAVAILABLE", message=JOB_GONE.format(sid=sid))
+                await asyncio.to_thread(tracker.finish, job_id, JobState.FAILED, code="UNAVAILABLE",
+                                        message=JOB_GONE.format(sid=sid))
                 return
             status = str(getattr(info.status, "value", info.status))
             if status in RAY_TERMINAL:
-                await self._finish_from_ray(job_id, sid, status, info.message or "")
+                logs = await asyncio.to_thread(client.get_job_logs, sid)
+                await asyncio.to_thread(tracker.ray_job_ended, job_id, sid, status, info.message or "", logs,
+                                        self.config.log_lines_in_errors)
                 return
             await asyncio.sleep(1.0)  # still running: the stream ended early; follow it again (dedup by seq)
-
-    def _terminal(self, job_id: str) -> bool:
-        rec = self.store.get(job_id)
-        return rec is None or rec.state.is_terminal
-
-    async def _finish_from_ray(self, job_id: str, sid: str, status: str, ray_message: str) -> None:
-        """The Ray job ended; read its whole log once more in case the stream missed the end."""
-        logs = await asyncio.to_thread(self._connect().get_job_logs, sid)
-        self._ingest(job_id, parse_lines(logs.splitlines()))
-        if self._terminal(job_id):
-            return
-        tail = "\n".join(logs.rstrip().splitlines()[-self.config.log_lines_in_errors:])
-        if status == "STOPPED":
-            self._finish(job_id, JobState.CANCELLED, code="CANCELLED",
-                         message=f"the Ray job {sid} was stopped outside this service")
-        elif status == "SUCCEEDED":
-            self._finish(job_id, JobState.FAILED, code="INTERNAL",
-                         message=f"the driver exited without a result; last log lines:\n{tail}")
-        else:
-            self._finish(job_id, JobState.FAILED, code="INTERNAL",
-                         message=f"the driver failed ({ray_message.strip()}); last log lines:\n{tail}")
-
-    def _ingest(self, job_id: str, events) -> None:
-        events = [e for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
-        if not events:
-            return
-        new = self.store.add_events(job_id, events)
-        if not new:
-            return
-        rec = self.store.get(job_id)
-        prog = rec.progress or progress_mod.initial(rec.spec)
-        for event in new:
-            progress_mod.apply(prog, event)
-        self.store.set_progress(job_id, prog)
-        if rec.state == JobState.QUEUED:
-            self.store.transition(job_id, JobState.RUNNING)
-        for event in new:
-            if event.get("type") == "result":
-                result = event.get("result") or {}
-                if rec.spec.get("checkpoints"):  # a trajectory: cached units merged in, new ones stored
-                    result = self._trajectory_result(rec, result)
-                self.store.set_progress(job_id, progress_mod.finish(prog))
-                self.store.transition(job_id, JobState.SUCCEEDED, result=result)
-            elif event.get("type") == "error":
-                code = str(event.get("code") or "INTERNAL")
-                # The driver reports CANCELLED when its Ray job is stopped (by us or anyone else).
-                state = JobState.CANCELLED if code == "CANCELLED" else JobState.FAILED
-                # Chains that finished before the failure stay available as a partial result.
-                self.store.transition(job_id, state, error_code=code, result=event.get("partial_result"),
-                                      error_message=str(event.get("message") or "the driver reported an error"))
-        self.notifier.notify(job_id)
-
-    def _answer_from_cache(self, rec: JobRecord, cache: Any) -> None:
-        from service import unit_cache
-
-        result = unit_cache.answer(rec.spec, cache)
-        prog = progress_mod.initial(rec.spec)
-        progress_mod.apply(prog, {"type": "started", "checkpoints": [
-            {"step": c["step"], "units": 0, "cached": c["cached_restrictions"]} for c in result["checkpoints"]]})
-        self.store.set_progress(rec.id, progress_mod.finish(prog))
-        self.store.transition(rec.id, JobState.SUCCEEDED, result=result)
-        self._cache_plans.pop(rec.id, None)
-        self.notifier.notify(rec.id)
-
-    def _trajectory_result(self, rec: JobRecord, result: dict[str, Any]) -> dict[str, Any]:
-        from service import unit_cache
-
-        try:
-            cache = self._cache_plans.pop(rec.id) if rec.id in self._cache_plans else unit_cache.plan(self.store, rec.spec)
-            return unit_cache.complete_result(self.store, rec.id, rec.spec, result, cache)
-        except Exception:  # the driver's result stands without the cache
-            log.exception("merging the unit cache into job %s failed", rec.id)
-            return result
-
-    def _finish(self, job_id: str, state: JobState, *, code: str, message: str) -> None:
-        self.store.transition(job_id, state, error_code=code, error_message=message)
-        self.notifier.notify(job_id)
