@@ -79,7 +79,7 @@ class ChainPool:
                                        placement_timeout=placement_timeout,
                                        settings=settings, calibrations=calibrations)
         self.workers: dict[int, _Worker] = {}
-        self._spec_json = spec.to_json()
+        self._spec_ref: Any = None  # the parsed spec, put in Ray's object store once for every worker
         self._board = None
         self._inflight: dict[Any, tuple[str, _Worker]] = {}  # Ray reference -> (what it answers, worker)
         self._next_index = 0
@@ -99,6 +99,7 @@ class ChainPool:
         # On the driver's node: losing a worker node must not take the job's progress with it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         self._board = ray.remote(ProgressBoard).options(num_cpus=0, scheduling_strategy=here).remote()
+        self._spec_ref = ray.put(self.spec)
         for _ in range(self.size):
             self._spawn()
 
@@ -107,12 +108,12 @@ class ChainPool:
         if self.resources.sharded:  # rank 0 of a ZeRO-3 group; it starts the other ranks
             from cluster.sharded import start_sharded_worker
 
-            actor, group = start_sharded_worker(self.resources, self._spec_json, self._board)
+            actor, group = start_sharded_worker(self.resources, self._spec_ref, self._board)
         else:
             actor = ray.remote(ChainWorker).options(
                 **self.resources.actor_options(), max_restarts=0, max_task_retries=0,
                 name=None, namespace=None,
-            ).remote(self._spec_json, self._board)
+            ).remote(self._spec_ref, self._board)
         w = _Worker(handle=actor, index=self._next_index, placement_group=group)
         self._next_index += 1
         self.workers[w.index] = w

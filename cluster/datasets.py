@@ -181,7 +181,6 @@ def load_token_dataset(ref: DatasetRef, tokenizer, max_positions: int | None, *,
 
     `vocab_size` (the model's embedding rows), when given, bounds pre-tokenized ids.
     """
-    ref.validate()
     T = ref.context_length
     if max_positions is not None and T > max_positions:
         raise InvalidArgument(f"dataset.context_length {T} exceeds the model's maximum context length "

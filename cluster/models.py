@@ -80,7 +80,6 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
     """Load `ref` as an AutoModelForCausalLM in eval mode with every requires_grad off."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    ref.validate()
     if ref.trust_remote_code and os.environ.get(REMOTE_CODE_ENV) != "1":
         # Defence in depth: the front end refuses such requests unless its deployment allows them.
         raise PermissionDenied(f"model.trust_remote_code: this cluster does not run a model's own code "

@@ -1,6 +1,6 @@
 """Sharded chains on Ray: one chain = a DeepSpeed ZeRO-3 group of rank actors on one node.
 
-    actor, group = start_sharded_worker(resources, spec_json, board)   # ChainPool does this
+    actor, group = start_sharded_worker(resources, spec, board)   # ChainPool does this
 
 `ChainPool` treats the group as one chain worker: its handle is rank 0
 (`ShardedChainWorker`), which answers the same calls as a `ChainWorker` (where,
@@ -30,6 +30,7 @@ import ray
 import ray.util
 
 from cluster.contract.errors import LLCError
+from cluster.contract.spec import JobSpec
 from cluster.placement import ChainResources
 from cluster.workers import ChainWorker
 
@@ -41,22 +42,22 @@ RANK_TIMEOUT_ENV = "LLC_RANK_TIMEOUT_S"
 _SAME_ERROR_GRACE_S = 30.0
 
 
-def start_sharded_worker(resources: ChainResources, spec_json: str, board: Any) -> tuple[Any, Any]:
+def start_sharded_worker(resources: ChainResources, spec: Any, board: Any) -> tuple[Any, Any]:
     """Rank 0 of a new group, in bundle 0 of a new STRICT_PACK placement group: (actor, placement group)."""
     from ray.util import placement_group
 
     group = placement_group(resources.placement_group_bundles(), strategy="STRICT_PACK")
     actor = ray.remote(ShardedChainWorker).options(
         **resources.rank_options(group, 0), max_restarts=0, max_task_retries=0,
-    ).remote(spec_json, board, group)
+    ).remote(spec, board, group)
     return actor, group
 
 
 class ChainRank(ChainWorker):
     """One rank of a sharded chain: a ChainWorker whose model is this rank's ZeRO-3 partitions."""
 
-    def __init__(self, spec_json: str, board: Any = None) -> None:
-        super().__init__(spec_json, board)
+    def __init__(self, spec: JobSpec, board: Any = None) -> None:
+        super().__init__(spec, board)
         self._rank = 0
         self._shards = None  # cluster.engine.zero3.ShardedChains, once loaded
         self._test = {"noise": True, "record_moves": False}
@@ -135,8 +136,8 @@ class ChainRank(ChainWorker):
 class ShardedChainWorker(ChainRank):
     """Rank 0: starts the other ranks and runs every call on all of them at once."""
 
-    def __init__(self, spec_json: str, board: Any = None, placement_group: Any = None) -> None:
-        super().__init__(spec_json, board)
+    def __init__(self, spec: JobSpec, board: Any = None, placement_group: Any = None) -> None:
+        super().__init__(spec, board)
         self._group = placement_group
         self._followers: list[Any] = []
         self._follower_pids: list[int] = []
@@ -154,7 +155,7 @@ class ShardedChainWorker(ChainRank):
         rank_actor = ray.remote(ChainRank)
         self._followers = [
             rank_actor.options(**resources.rank_options(self._group, r), max_restarts=0, max_task_retries=0)
-            .remote(self._spec.to_json())
+            .remote(self._spec)
             for r in range(1, resources.ranks)
         ]
         here = self.address()

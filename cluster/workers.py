@@ -59,8 +59,8 @@ class ProgressBoard:
 class ChainWorker:
     """One worker process holding the loaded model, datasets and restrictions of a job."""
 
-    def __init__(self, spec_json: str, board: Any = None) -> None:
-        self._spec = JobSpec.from_json(spec_json)
+    def __init__(self, spec: JobSpec, board: Any = None) -> None:
+        self._spec = spec  # parsed and validated once, by the driver; Ray hands every worker the same object
         self._board = board
         self._state: dict[str, Any] | None = None
 

@@ -56,8 +56,8 @@ def pair(ray_here, tiny_gpt2_dir, text_jsonl):
     from cluster.workers import ChainWorker, dataset_key
 
     spec = JobSpec.from_dict(job_spec(tiny_gpt2_dir, text_jsonl, "pair"))
-    group, placement = start_sharded_worker(ChainResources.from_compute(spec.compute), spec.to_json(), None)
-    single = ChainWorker(spec.to_json())
+    group, placement = start_sharded_worker(ChainResources.from_compute(spec.compute), spec, None)
+    single = ChainWorker(spec)
     summary = ray.get(group.prepare.remote(), timeout=600)
     single.prepare()
     yield group, single, dataset_key(spec.dataset), summary
@@ -209,7 +209,7 @@ def test_a_lean_memory_worker_checkpoints_activations_and_runs_default_settings(
     data["model"]["dtype"] = "bfloat16"
     data["sampler"] = {k: v for k, v in data["sampler"].items() if k != "mala"}
     spec = JobSpec.from_dict(data)
-    worker = ChainWorker(spec.to_json())
+    worker = ChainWorker(spec)
     summary = worker.prepare()
     assert summary["model_provenance"]["checkpointed_layers"] == 2 and summary["model_provenance"]["dtype"] == "bfloat16"
     key = dataset_key(spec.dataset)

@@ -200,10 +200,6 @@ class Restriction:
     def validate(self, path: str) -> None:
         _require(isinstance(self.name, str) and NAME_RE.match(self.name) is not None, f"{path}.name",
                  f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.name)}")
-        for i, sel in enumerate(self.weights):
-            sel.validate(f"{path}.weights[{i}]")
-        if self.dataset is not None:
-            self.dataset.validate(f"{path}.dataset")
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "Restriction":
@@ -346,22 +342,18 @@ class JobSpec:
     observables: ObservablesSpec | None = None  # per-example losses recorded while sampling (docs/observables.md)
 
     def validate(self) -> None:
+        """The whole spec's own fields and the rules across its parts; every part checked itself when
+        it was built (`from_dict`), so nothing is validated twice."""
         _require(isinstance(self.job_id, str) and NAME_RE.match(self.job_id) is not None, "job_id",
                  f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(self.job_id)}")
         if self.checkpoints:
             self._validate_checkpoints()
-        else:
-            self.model.validate()
-        self.dataset.validate()
         _require(1 <= len(self.restrictions) <= 4096, "restrictions", f"give 1 to 4096 restrictions, got {len(self.restrictions)}")
         names = [r.name for r in self.restrictions]
         dup = sorted({n for n in names if names.count(n) > 1})
         _require(not dup, "restrictions", f"restriction names must be unique; repeated: {dup}")
-        for i, r in enumerate(self.restrictions):
-            r.validate(f"restrictions[{i}]")
         _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "batch_size",
                  f"must be an integer in [1, 65536], got {self.batch_size!r}")
-        self.compute.validate()
         ranks = self.compute.ranks
         _require(self.batch_size % ranks == 0, "batch_size",
                  f"a ZeRO-3 chain splits each batch over its {ranks} ranks: make batch_size a multiple of {ranks}, "
@@ -501,7 +493,6 @@ class ObservablesSpec:
                      f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-', got {shown(d.name)}")
             _require(d.name != SAMPLING_OBSERVABLE or not self.include_sampling, f"{path}.datasets[{i}].name",
                      f"{SAMPLING_OBSERVABLE!r} names the sampling dataset's observable (include_sampling): rename it")
-            d.dataset.validate(f"{path}.datasets[{i}].dataset")
         names = [d.name for d in self.datasets]
         dup = sorted({n for n in names if names.count(n) > 1})
         _require(not dup, f"{path}.datasets", f"observable names must be unique; repeated: {dup}")
