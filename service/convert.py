@@ -119,6 +119,18 @@ def dataset_from_dict(d: dict[str, Any], msg: pb.DatasetRef) -> None:
     msg.files.extend(d.get("files") or [])
 
 
+_SAMPLER_ENUMS = {"method": METHOD_VALUES, "init_loss": INIT_LOSS_VALUES, "dtype": DTYPE_VALUES}
+_SAMPLER_SCALARS = tuple(f.name for f in pb.SamplerSettings.DESCRIPTOR.fields if f.name not in _SAMPLER_ENUMS)
+
+
+def sampler_from_dict(s: dict[str, Any], msg: pb.SamplerSettings) -> pb.SamplerSettings:
+    """SamplerConfig.to_dict() → SamplerSettings ("auto" travels as unset)."""
+    _set(msg, s, _SAMPLER_SCALARS)
+    for name, table in _SAMPLER_ENUMS.items():
+        setattr(msg, name, table.get(s.get(name, ""), 0))
+    return msg
+
+
 def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
     spec = pb.EstimateSpec()
     m = d.get("model") or {}
@@ -139,13 +151,7 @@ def spec_from_dict(d: dict[str, Any]) -> pb.EstimateSpec:
                 wm.head = w["head"]
         if r.get("dataset"):
             dataset_from_dict(r["dataset"], rm.dataset)
-    s = d.get("sampler") or {}
-    _set(spec.sampler, s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
-                           "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every",
-                           "calibration_budget"))
-    spec.sampler.method = METHOD_VALUES.get(s.get("method", ""), 0)
-    spec.sampler.init_loss = INIT_LOSS_VALUES.get(s.get("init_loss", ""), 0)
-    spec.sampler.dtype = DTYPE_VALUES.get(s.get("dtype", ""), 0)
+    sampler_from_dict(d.get("sampler") or {}, spec.sampler)
     _set(spec.compute, d.get("compute") or {}, _COMPUTE_FIELDS)
     if "batch_size" in d:
         spec.batch_size = d["batch_size"]
@@ -213,7 +219,8 @@ def restriction_result_from_dict(r: dict[str, Any]) -> pb.RestrictionResult:
         warnings=list(r.get("warnings") or []), chains=[chain_from_dict(c) for c in r.get("chains") or []],
         moved_tensors=[pb.MovedTensor(name=t.get("name", ""), shape=list(t.get("shape") or []),
                                       elements=int(t.get("elements") or 0)) for t in r.get("moved_tensors") or []],
-        moved_elements=int(r.get("moved_elements") or 0), config=_struct(r.get("config") or {}),
+        moved_elements=int(r.get("moved_elements") or 0),
+        sampler=sampler_from_dict(r.get("config") or {}, pb.SamplerSettings()),
         calibration=calibration_from_dict(r.get("calibration") or {}))
 
 

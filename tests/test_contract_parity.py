@@ -126,7 +126,7 @@ def engine_result_document() -> dict:
                            init_trace=[], mala_acceptance=0.9, frac_below_init=0.1, steps=12, message="", attempts=1)
 
     chains = [chain(0), chain(1), chain(2), chain(3, "diverged"), chain(4, "failed")]
-    result = LLCResult.from_chains(chains, SamplerConfig(chains=5, draws=6), init_loss=0.95, moving_elements=10)
+    result = LLCResult.from_chains(chains, SamplerConfig(chains=5, draws=6, step_size=1e-4, nbeta=12.5, burn_in=3), init_loss=0.95, moving_elements=10)
     doc = result.to_dict()
     doc.update(name="full", moved_tensors=[{"name": "w", "shape": [2, 5], "elements": 10}], moved_elements=10)
     return {"job_id": "est-1", "restrictions": [doc], "provenance": {"model": {"hub_id": "org/model"}},
@@ -148,7 +148,6 @@ def _same(a, b) -> bool:
 
 # Keys of the engine's document that the wire carries under another shape, each with the reason.
 RESHAPED = {
-    "config": "the resolved sampler settings (a Struct on the wire)",
     "init_trace": "paired-mode L_m(w*) per draw, folded into llc; empty here",
     "extra": "driver-side details (node, failures), not part of the result contract",
     "moving_elements": "the same number as moved_elements",

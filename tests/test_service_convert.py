@@ -71,7 +71,7 @@ def result_document():
                                               "diverged_chains": [1]},
                               "warnings": [], "chains": [chain, diverged],
                               "moved_tensors": [{"name": "w", "shape": [4, 4], "elements": 16}], "moved_elements": 16,
-                              "config": {"step_size": 1e-3, "chains": 2}}]}
+                              "config": {"step_size": 1e-3, "chains": 2, "method": "rmsprop_sgld", "mala": False}}]}
 
 
 def test_result_document_to_proto_to_sdk():
@@ -79,10 +79,12 @@ def test_result_document_to_proto_to_sdk():
     r = msg.restrictions[0]
     assert r.llc_mean == 2.5 and math.isnan(r.llc_per_chain[1]) and math.isnan(r.diagnostics.rhat)
     assert r.chains[1].state == pb.CHAIN_STATE_DIVERGED and math.isnan(r.chains[1].mala_acceptance)
-    assert r.moved_tensors[0].shape == [4, 4] and r.config["chains"] == 2
+    assert r.moved_tensors[0].shape == [4, 4] and r.sampler.chains == 2
+    assert r.sampler.method == pb.SAMPLER_METHOD_RMSPROP_SGLD and r.sampler.HasField("mala") and not r.sampler.nbeta
     assert msg.provenance["versions"]["torch"] == "2.13"
     sdk = EstimateResult.from_proto(msg)
     assert sdk["full"].chains[1].state == "DIVERGED" and sdk["full"].diagnostics.diverged_chains == [1]
+    assert sdk["full"].config == {"step_size": 1e-3, "chains": 2, "method": "rmsprop_sgld", "mala": False}  # typed, round trip
     doc = sdk.to_dict()  # JSON-safe: NaN → None
     assert doc["restrictions"][0]["llc_per_chain"] == [2.5, None] and doc["restrictions"][0]["diagnostics"]["rhat"] is None
     assert '"llc_mean": 2.5' in sdk.to_json()

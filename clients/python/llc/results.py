@@ -122,7 +122,7 @@ class RestrictionResult(_Doc):
                    Diagnostics.from_proto(d),
                    list(m.warnings), [Chain.from_proto(c) for c in m.chains],
                    [{"name": t.name, "shape": list(t.shape), "elements": t.elements} for t in m.moved_tensors],
-                   m.moved_elements, _struct(m.config), message_dict(m.calibration))
+                   m.moved_elements, settings_dict(m.sampler), message_dict(m.calibration))
 
     @property
     def loss_traces(self) -> list[list[float]]:
@@ -327,6 +327,20 @@ class Event(_Doc):
             est = Estimate.from_proto(m.snapshot)
             return cls(m.seq, kind, t, {"state": est.state}, est)
         return cls(m.seq, kind, t, message_dict(getattr(m, kind)) if kind else {})
+
+
+def settings_dict(msg) -> dict[str, Any]:
+    """The fields a message sets, enums by their short names (SamplerSettings → the sampler dict)."""
+    out: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.enum_type is not None:
+            number = getattr(msg, fd.name)
+            if number:
+                out[fd.name] = fd.enum_type.values_by_number[number].name.removeprefix(
+                    enums.prefix(fd.enum_type.name)).lower() if number in fd.enum_type.values_by_number else number
+        elif msg.HasField(fd.name):
+            out[fd.name] = getattr(msg, fd.name)
+    return out
 
 
 def message_dict(msg) -> dict[str, Any]:

@@ -550,7 +550,7 @@ class MovedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., elements: _Optional[int] = ...) -> None: ...
 
 class RestrictionResult(_message.Message):
-    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "config", "calibration")
+    __slots__ = ("name", "llc_mean", "llc_std", "llc_per_chain", "init_loss", "diagnostics", "warnings", "chains", "moved_tensors", "moved_elements", "calibration", "sampler")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LLC_MEAN_FIELD_NUMBER: _ClassVar[int]
     LLC_STD_FIELD_NUMBER: _ClassVar[int]
@@ -561,8 +561,8 @@ class RestrictionResult(_message.Message):
     CHAINS_FIELD_NUMBER: _ClassVar[int]
     MOVED_TENSORS_FIELD_NUMBER: _ClassVar[int]
     MOVED_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
     name: str
     llc_mean: float
     llc_std: float
@@ -573,9 +573,9 @@ class RestrictionResult(_message.Message):
     chains: _containers.RepeatedCompositeFieldContainer[Chain]
     moved_tensors: _containers.RepeatedCompositeFieldContainer[MovedTensor]
     moved_elements: int
-    config: _struct_pb2.Struct
     calibration: Calibration
-    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+    sampler: SamplerSettings
+    def __init__(self, name: _Optional[str] = ..., llc_mean: _Optional[float] = ..., llc_std: _Optional[float] = ..., llc_per_chain: _Optional[_Iterable[float]] = ..., init_loss: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., moved_tensors: _Optional[_Iterable[_Union[MovedTensor, _Mapping]]] = ..., moved_elements: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., sampler: _Optional[_Union[SamplerSettings, _Mapping]] = ...) -> None: ...
 
 class EstimateResult(_message.Message):
     __slots__ = ("restrictions", "provenance", "warnings", "checkpoints", "trajectories", "stage_detection", "calibration_checkpoint", "cached_units", "observables")
