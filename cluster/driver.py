@@ -97,7 +97,7 @@ class Job:
     """One run of the driver: turns pool callbacks into events and builds the result."""
 
     def __init__(self, spec: JobSpec, events: EventWriter, stop: threading.Event):
-        from cluster.results import base_provenance, utc_now
+        from cluster.result_document import base_provenance, utc_now
 
         self.spec = spec
         self.events = events
@@ -147,7 +147,7 @@ class Job:
 
     def document(self) -> dict[str, Any]:
         """The result document of what has finished (all of it, or a partial result)."""
-        from cluster.results import result_document
+        from cluster.result_document import result_document
         from cluster.workers import dataset_key
 
         pool = self.pool

@@ -90,7 +90,7 @@ def dataset_identity(ref: DatasetRef) -> str:
 
 
 def engine_version() -> dict[str, str]:
-    from cluster.results import library_versions
+    from cluster.result_document import library_versions
 
     v = library_versions()
     return {"cache_format": str(CACHE_FORMAT), **{k: v[k] for k in ("torch", "transformers", "llc")}}
@@ -262,7 +262,7 @@ def run_trajectory(spec: JobSpec, events: Any, stop: threading.Event, holder: di
     """Every checkpoint's units, the calibration checkpoint first; returns the trajectory's result document.
     `holder["job"]` is the running checkpoint's driver.Job (so a cancel can shut its pool down)."""
     from cluster.driver import Job
-    from cluster.results import base_provenance, utc_now
+    from cluster.result_document import base_provenance, utc_now
 
     skip = skip if skip is not None else cached_units_from_env()
     holder = holder if holder is not None else {}

@@ -16,7 +16,7 @@ from cluster.contract.errors import (DeadlineExceeded, FailedPrecondition, Inval
 from cluster.contract.spec import JobSpec
 from service import convert
 from service import observables as observables_mod
-from service import progress as progress_mod
+from service import job_progress as progress_mod
 from service.config import ServerConfig
 from service.identity import Principal
 from service.notify import JobNotifier

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from service import progress as progress_mod
+from service import job_progress as progress_mod
 from service.notify import JobNotifier
 from service.states import JobState
 from service.store import JobRecord, JobStore

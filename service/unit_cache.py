@@ -59,7 +59,7 @@ def plan(store: JobStore, spec_dict: dict[str, Any]) -> CachePlan | None:
 
 def answer(spec_dict: dict[str, Any], cache: CachePlan) -> dict[str, Any]:
     """The result of a job whose every unit is stored: no driver ran."""
-    from cluster.results import base_provenance, utc_now
+    from cluster.result_document import base_provenance, utc_now
 
     spec = JobSpec.from_dict(spec_dict)
     provenance = {**base_provenance(spec, utc_now()), "answered_from_cache": True}

@@ -12,7 +12,7 @@ from cluster import driver
 from cluster.contract.errors import FailedPrecondition
 from cluster.contract.events import parse_lines
 from cluster.placement import ChainResources, cluster_capacity, pool_size
-from cluster.results import result_document
+from cluster.result_document import result_document
 from cluster.contract.spec import ComputeSpec, JobSpec
 
 

@@ -11,7 +11,7 @@ import pytest
 from cluster.contract.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from cluster.contract.spec import JobSpec
 from cluster.engine.seeds import chain_seed
-from cluster.results import result_document
+from cluster.result_document import result_document
 from cluster.scheduling import ChainScheduler, InitLoss, RunChains, WorkerFailed
 
 KEY = "data"

@@ -5,7 +5,8 @@ from cluster.contract.sampler import SamplerConfig
 from cluster.contract.spec import JobSpec
 from llc.results import EstimateResult, Event
 from llc.v1 import llc_pb2 as pb
-from service import convert, progress
+from service import convert
+from service import job_progress as progress
 from service.store import StoredEvent
 
 

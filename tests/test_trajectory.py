@@ -14,7 +14,8 @@ from cluster.trajectory import CACHED_UNITS_ENV, assemble, merge_cached, unit_ke
 from llc.requests import estimate_spec
 from llc.results import EstimateResult
 from llc.trajectories import checkpoint
-from service import convert, progress, unit_cache
+from service import convert, unit_cache
+from service import job_progress as progress
 from service.store import open_store
 
 
