@@ -79,6 +79,14 @@ def _from_dict(cls, data: Any, path: str):
     return known
 
 
+def _flat(cls, data: Any, path: str):
+    """A part whose fields are all plain values, validated once as it is built."""
+    _from_dict(cls, data, path)
+    part = cls(**data)
+    part.validate(path)
+    return part
+
+
 @dataclass
 class ModelRef:
     """A Hugging Face hub id (with revision) or a local directory of safetensors."""
@@ -149,10 +157,7 @@ class DatasetRef:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "dataset") -> "DatasetRef":
-        _from_dict(cls, data, path)
-        ref = cls(**data)
-        ref.validate(path)
-        return ref
+        return _flat(cls, data, path)
 
 
 @dataclass
@@ -182,10 +187,7 @@ class WeightSelector:
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> "WeightSelector":
-        _from_dict(cls, data, path)
-        sel = cls(**data)
-        sel.validate(path)
-        return sel
+        return _flat(cls, data, path)
 
 
 @dataclass
@@ -273,10 +275,7 @@ class ComputeSpec:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "compute") -> "ComputeSpec":
-        _from_dict(cls, data, path)
-        c = cls(**data)
-        c.validate(path)
-        return c
+        return _flat(cls, data, path)
 
 
 MAX_CHECKPOINTS = 1024  # checkpoints of one trajectory job
