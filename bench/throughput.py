@@ -20,6 +20,10 @@ and the median taken. Printed and written as JSON under bench/results/:
 
 Ours evaluates L_m(w*) on each draw's own batch (the paired signal the diagnostics use):
 one forward more per draw than devinterp, which is counted against us, not subtracted.
+CPU mode also times our loop without that forward ("ours-unpaired", bench-only: the
+like-for-like SGLD step) and the step's parts on their own ("components": forward and
+backward, the no-grad forward at w*, the SGLD update, its noise), which bound the paired
+ratio: devinterp's s/step over (forward+backward + forward), whatever the loop's overhead.
 """
 from __future__ import annotations
 
@@ -122,6 +126,55 @@ def unpaired(run, *args, **kwargs) -> float:
         estimate._loss_at_anchor = original
 
 
+def components(model, tokens, *, batch: int, n: int, reps: int) -> dict[str, float]:
+    """Median seconds of the parts of one step, timed on their own (contenders alternating):
+    forward+backward of the loss, the no-grad forward at w* (what the paired L_m(w*) costs),
+    the SGLD update ("foreach", noise included) and the noise draw alone."""
+    from cluster.engine import estimate
+    from cluster.engine.sgld import SGLD
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = SGLD(params, lr=evd.SETTINGS["step_size"], nbeta=evd.SETTINGS["nbeta"], gamma=evd.SETTINGS["gamma"],
+               generator=torch.Generator().manual_seed(0))
+    batches = [tokens[i * batch:(i + 1) * batch] for i in range(len(tokens) // batch)]
+
+    def forward_backward(i):
+        for p in params:  # as in the loop (zero_grad(set_to_none=True)): no accumulation into old gradients
+            p.grad = None
+        evd.mean_loss(model, batches[i % len(batches)]).backward()
+
+    def paired(i):
+        estimate._loss_at_anchor(model, evd.mean_loss, batches[i % len(batches)], opt, torch.device("cpu"), "float32",
+                                 pointers=pointers)
+
+    def update(i):
+        opt.step()
+
+    def noise(i):
+        opt._noise(params)
+
+    start = [p.detach().clone() for p in params]
+    pointers = estimate._own_storages(model, params)
+    forward_backward(0)
+    update(0)  # w* captured, w one step away from it
+    parts = {"forward_backward": forward_backward, "paired_forward": paired, "update": update, "noise": noise}
+    samples: dict[str, list[float]] = {k: [] for k in parts}
+    try:
+        for _ in range(reps):
+            for name, fn in parts.items():
+                fn(0)
+                t = now()
+                for i in range(n):
+                    fn(i)
+                samples[name].append((now() - t) / n)
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, start):
+                p.copy_(w)
+                p.grad = None
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def per_step(contenders: dict, k: int, reps: int, log) -> dict[str, dict]:
     """Median over `reps` of (T(2k) - T(k))/k per contender, the contenders alternating."""
     for run in contenders.values():  # warm-up (imports, first allocations, compilation)
@@ -167,7 +220,7 @@ def cpu_main(args) -> dict:
         for update in args.updates:
             contenders[f"ours-{update}"] = (lambda u: lambda n: ours_seconds(model, tokens, n, batch=evd.BATCH,
                                                                              update=u))(update)
-        if args.unpaired:
+        if not args.no_unpaired:
             contenders["ours-unpaired"] = lambda n: unpaired(ours_seconds, model, tokens, n, batch=evd.BATCH)
         if devinterp:
             contenders["devinterp"] = lambda n: devinterp_seconds(model, tokens, n, batch=evd.BATCH)
@@ -181,6 +234,17 @@ def cpu_main(args) -> dict:
             if "ours-unpaired" in one:
                 row["unpaired_ratio"] = one["devinterp"]["s_per_step"] / one["ours-unpaired"]["s_per_step"]
                 log(f"{name}: without the paired L_m(w*) forward (bench-only) {row['unpaired_ratio']:.2f}× devinterp")
+        # the step's parts on their own: what the paired ratio can reach at best
+        parts = components(model, tokens, batch=evd.BATCH, n=max(4, k // 2), reps=args.reps)
+        row["components"] = parts
+        log(f"{name}: parts of one step (ms): forward+backward {1000 * parts['forward_backward']:.2f}, no-grad forward "
+            f"at w* {1000 * parts['paired_forward']:.2f}, SGLD update {1000 * parts['update']:.2f} (noise "
+            f"{1000 * parts['noise']:.2f})")
+        if devinterp:
+            floor = parts["forward_backward"] + parts["paired_forward"]
+            row["paired_ratio_bound"] = one["devinterp"]["s_per_step"] / floor
+            log(f"{name}: with the paired forward, ours can reach at most {row['paired_ratio_bound']:.2f}× devinterp "
+                f"(its s/step over forward+backward + forward: a free update and loop)")
         # many chains as one batched computation
         batched = {}
         for chains in args.chains_list:
@@ -325,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", nargs="*", default=[], choices=["fused", "compiled"],
                         help="also time these SGLD updates (GPU: 'compiled' is the fused kernel)")
     parser.add_argument("--no-devinterp", action="store_true")
-    parser.add_argument("--unpaired", action="store_true",
-                        help="CPU: also time our loop without the paired L_m(w*) forward (bench-only figure)")
+    parser.add_argument("--no-unpaired", action="store_true",
+                        help="CPU: skip timing our loop without the paired L_m(w*) forward (bench-only figure)")
+    parser.add_argument("--unpaired", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
                         help="CPU mode: process CPU seconds (robust on a shared machine) or wall seconds")
     parser.add_argument("--shapes", nargs="+", default=["pythia-410m", "pythia-1.4b", "pythia-2.8b"])
