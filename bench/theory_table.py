@@ -108,11 +108,11 @@ def auto_config(row: Row, *, chains: int = CHAINS, seed: int = 0) -> SamplerConf
 
 
 def run_row(row: Row, *, chains: int = CHAINS, seed: int = 0, workers: int = 1, auto: bool = False,
-            method: str = "sgld") -> dict:
+            method: str = "sgld", rmsprop_eps: float | None = None) -> dict:
     model = make_dln(row.widths, row.rank, seed=seed)
     x, y = make_dln_data(model, N_EXAMPLES, seed=seed)
     config = auto_config(row, chains=chains, seed=seed) if auto else sampler_config(row, chains=chains, seed=seed)
-    config = config.replace(method=method)
+    config = config.replace(method=method, **({"rmsprop_eps": rmsprop_eps} if rmsprop_eps else {}))
     start = time.perf_counter()
     result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, BATCH), config, workers=workers)
     seconds = time.perf_counter() - start
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="ε, nβ and burn-in chosen by the product (pilots + rules); the row's steps are the draws")
     parser.add_argument("--rmsprop", action="store_true",
                         help="RMSprop-preconditioned SGLD (default a = rmsprop_eps) instead of plain SGLD")
+    parser.add_argument("--rmsprop-eps", type=float, help="RMSprop's a in G = 1/(√V̂ + a) (default: SamplerConfig's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in rows:
         r = run_row(row, chains=args.chains, seed=args.seed, workers=args.workers, auto=args.auto,
-                    method="rmsprop_sgld" if args.rmsprop else "sgld")
+                    method="rmsprop_sgld" if args.rmsprop else "sgld", rmsprop_eps=args.rmsprop_eps)
         results.append(r)
         print(format_row(r), flush=True)
         for p in r["calibration"].get("pilots", []):

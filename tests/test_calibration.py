@@ -207,15 +207,15 @@ def test_a_pilot_rising_at_t_between_2_and_3_reads_too_small_and_lengthens_the_b
 
 @pytest.mark.parametrize("step_size,hot", [(1e-5, True), (2e-6, False)], ids=["1e-5-too-large", "2e-6-good"])
 def test_rmsprop_at_too_large_a_step_is_named_though_mala_reads_above_the_old_line(step_size, hot):
-    """RMSprop-SGLD (a = 0.1) on the DLN 10-5-10 (λ = 29) at ε = 1e-5: λ̂ ≈ 42-44 (+45-50%) at MALA 0.57
+    """RMSprop-SGLD with a = 0.1 on the DLN 10-5-10 (λ = 29) at ε = 1e-5: λ̂ ≈ 42-44 (+45-50%) at MALA 0.57
     and τ 0.07-0.09, above MALA's 0.5 line and below τ's 0.1: no warning before. Equipartition reads
     1.11-1.21 there (flat directions only lower it, so > 1.1 is heat) and 0.78-0.85 at ε = 2e-6 (+1-6%)."""
     from testbeds.dln import ShuffledBatches, dln_loss, make_dln, make_dln_data
 
     model = make_dln((10, 5, 10), 2, seed=0)
     x, y = make_dln_data(model, 10_000, seed=0)
-    config = SamplerConfig(method="rmsprop_sgld", step_size=step_size, burn_in=500, draws=1500, chains=2,
-                           fetch_every=500)
+    config = SamplerConfig(method="rmsprop_sgld", rmsprop_eps=0.1, step_size=step_size, burn_in=500, draws=1500,
+                           chains=2, fetch_every=500)
     result = estimate_llc(model, dln_loss, ShuffledBatches(x, y, 100), config)
     named = [w for w in result.warnings if "hotter" in w]
     if hot:
