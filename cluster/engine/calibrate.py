@@ -18,8 +18,10 @@ acceptance is ≥ MALA_TARGET, τ ≤ NOISE_TARGET, and the second half of its p
 stays a candidate, read "too small", and lengthens the burn-in); the largest passing ε is chosen: the bias is
 bounded there and the chain mixes fastest. λ̂ and the trend t of every pilot are
 recorded (λ̂ against ε is the plot to look at) and the main run's own trend test
-flags an ε too small for its length. Burn-in: the MSER truncation point of the
-chosen pilot's trace (White 1997), at least one fetch block.
+flags an ε too small for its length. A pilot hotter than the target (equipartition >
+1 + HEAT_LIMIT) also fails. Burn-in: the MSER truncation point of the chosen pilot's trace
+(White 1997), at least one fetch block; as long as the draws when that pilot shows no
+plateau (rising, or fewer than PILOT_ESS_MIN effective draws in its last half).
 """
 from __future__ import annotations
 
