@@ -104,3 +104,23 @@ def test_batch_chains_is_validated(problem):
     model, batches = problem
     with pytest.raises(Exception, match="batch_chains"):
         estimate_llc(model, mse, batches, SamplerConfig(step_size=1e-4, nbeta=5.0, burn_in=0), batch_chains=0)
+
+
+def test_gradients_left_on_the_model_do_not_enter_the_first_step(problem):
+    """A model straight from training carries .grad: one-at-a-time chains (and their worker copies) must not
+    add it to their first gradient, so they still equal the batched chains and a model without it."""
+    model, batches = problem
+    config = SamplerConfig(step_size=1e-4, nbeta=50.0, gamma=10.0, chains=2, burn_in=0, draws=10, seed=1, mala=False,
+                           fetch_every=5, init_loss="paired")
+    clean = estimate_llc(model, mse, batches, config)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    stale = estimate_llc(model, mse, batches, config)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    two_workers = estimate_llc(model, mse, batches, config, workers=2)
+    together = estimate_llc(model, mse, batches, config, batch_chains=2)
+    assert [c.loss_trace for c in stale.chains] == [c.loss_trace for c in clean.chains]
+    _same_chains(clean, two_workers)
+    _same_chains(clean, together)
+    assert all(p.grad is None for p in model.parameters())

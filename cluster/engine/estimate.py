@@ -387,6 +387,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     fetched_inits = np.zeros(total)
     stream = _batch_stream(batches, seed)
     pointers = _own_storages(model, params)  # L_m(w*) by swapping storage pointers, not copying
+    for p in params:  # gradients left on the model (by training, or a deep copy of it) would add to the first step's
+        p.grad = None
     recorder = observer.chain(chain, draws=int(is_draw.sum()), device=device, amp=amp) if observer is not None else None
     try:
         for t in range(total):
