@@ -7,7 +7,7 @@ batch is `loss_fn` at chain c's weights through `torch.func.functional_call` und
 chain mode (cluster.engine.sgld) updates all of them, chain c drawing its noise from its
 own generator. Seeds, batch streams and noise streams are exactly those of the chains run
 one at a time (`_run_chain`), so the results equal them up to floating-point rounding of
-the batched kernels (tests/test_engine_batched.py). The model's own weights stay at w*
+the batched kernels (tests/engine/test_batched.py). The model's own weights stay at w*
 throughout: L_m(w*) at the draws is the same model on all chains' batches (one vmapped
 forward), and nothing has to be restored afterwards.
 

@@ -15,7 +15,7 @@ and reused while the set of parameters with gradients stays the same.
 `update="fused"` computes the same update in one expression per tensor (read w, w*,
 g, ξ and V, write w and V: one pass over memory instead of ~7); `update="compiled"`
 runs that function through `torch.compile` (one kernel per tensor on a GPU). Both
-equal the `_foreach` reference to floating-point rounding (tests/test_engine_fused.py);
+equal the `_foreach` reference to floating-point rounding (tests/engine/test_fused.py);
 MALA tracking needs the intermediate tensors and always takes the `_foreach` path.
 
 Chain mode (`generators=[g_0, …, g_{C-1}]`, cluster.engine.batched): every parameter

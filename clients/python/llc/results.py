@@ -76,7 +76,7 @@ class Chain(_Doc):
 
 @dataclass
 class Diagnostics(_Doc):
-    """The proto's Diagnostics field for field (tests/test_contract_parity.py keeps them equal)."""
+    """The proto's Diagnostics field for field (tests/contract/test_parity.py keeps them equal)."""
 
     rhat: float
     ess: float

@@ -26,7 +26,7 @@ from cluster.contract.errors import InvalidArgument, NotFound, PermissionDenied,
 from cluster.hub import content_hash, hashed_files, resolve_commit
 from tests.fixtures.hub import subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

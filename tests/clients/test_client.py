@@ -18,7 +18,7 @@ from llc.v1 import llc_pb2 as pb
 from service.states import JobState
 from service.store import JobRecord
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sdk_imports_with_only_grpcio_and_protobuf(tmp_path):
@@ -92,7 +92,7 @@ def test_model_and_dataset_references(tmp_path):
 
 
 def sample_result() -> EstimateResult:
-    from tests.test_service_convert import result_document
+    from tests.service.test_convert import result_document
     from service.convert import result_from_dict
 
     return EstimateResult.from_proto(result_from_dict(result_document()))

@@ -154,7 +154,7 @@ RESHAPED = {
     "llc_sem": "diagnostics.llc_sem, checked below",
     "llc_interval": "llc_mean ± diagnostics.llc_half_width, checked below",
     "init_loss_offset": "diagnostics.init_loss_offset and init_loss_offset_se, checked below",
-    "calibration": "None without pilots; tests/test_calibration*.py follow it to the SDK",
+    "calibration": "None without pilots; tests/engine/test_calibration.py follow it to the SDK",
 }
 
 

@@ -16,7 +16,7 @@ from cluster.contract.errors import InvalidArgument, NotFound, Unavailable
 from cluster.models import clear_model_cache, load_model, load_model_cached
 from cluster.contract.spec import ModelRef
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("key,arch", [("gpt2", "gpt2"), ("gpt_neox", "gpt_neox"), ("llama", "llama"), ("opt", "opt")])

@@ -225,7 +225,7 @@ def test_hub_dataset_from_the_cache_offline(tmp_path, tok):
     make_text_dataset(repo / "snapshots" / commit / "data" / "train.jsonl", 30, seed=3)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds_cache"),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, "-c", HUB_SCRIPT], cwd=root, env=env, capture_output=True, text=True,

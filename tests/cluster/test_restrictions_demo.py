@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "induction_heads.py"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "induction_heads.py"
 
 
 @pytest.mark.slow  # ~20 s of CPU: trains a model and samples 16 head restrictions

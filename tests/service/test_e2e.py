@@ -54,7 +54,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# Settings given, so no calibration pilots run (tests/test_calibration.py covers those).
+# Settings given, so no calibration pilots run (tests/engine/test_calibration.py covers those).
 SMALL = dict(chains=2, draws=20, context_length=16, batch_size=4, step_size=1e-3, nbeta=10.0, burn_in=0)
 
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llc.v1 import llc_pb2 as pb
 from llc.v1 import llc_pb2_grpc
-from tests.test_helm import helm  # noqa: F401 (the session fixture that fetches the helm binary)
+from tests.helm.test_chart import helm  # noqa: F401 (the session fixture that fetches the helm binary)
 
 ACCEPTED, INVALID, NOT_FOUND = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -238,7 +238,7 @@ def test_the_default_root_is_the_working_directory_or_llc_allowed_roots(monkeypa
 def test_the_chart_passes_the_policy_to_the_front_end(helm, tmp_path, monkeypatch, values, roots, remote_code):
     from llc.cli import build_parser
     from service.config import ServerConfig
-    from tests.test_helm import env_of, frontend, render
+    from tests.helm.test_chart import env_of, frontend, render
 
     objs = render(helm, tmp_path, values)
     container = frontend(objs)
@@ -251,7 +251,7 @@ def test_the_chart_passes_the_policy_to_the_front_end(helm, tmp_path, monkeypatc
 
 
 def test_the_chart_refuses_relative_roots(helm, tmp_path):
-    from tests.test_helm import helm_run
+    from tests.helm.test_chart import helm_run
 
     out = helm_run(helm, tmp_path, "template", {"frontend": {"policy": {"allowedRoots": ["data"]}}})
     assert out.returncode != 0 and "allowedRoots" in out.stderr

@@ -106,8 +106,8 @@ def test_fetch_artifact_only_for_the_estimates_owner(make_server, tmp_path):
 
     from llc.v1 import llc_pb2_grpc
     from service.states import JobState
-    from tests.test_service_convert import result_document
-    from tests.test_service_tenants import ALICE, BOB, OPS, as_, failure, stored, tokens_file
+    from tests.service.test_convert import result_document
+    from tests.service.test_tenants import ALICE, BOB, OPS, as_, failure, stored, tokens_file
 
     results = tmp_path / "results"
     server = make_server(tokens_file=tokens_file(tmp_path), results_dir=str(results))

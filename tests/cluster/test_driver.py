@@ -1,6 +1,6 @@
 """The job driver's parts that need no Ray cluster: placement, retries, results, error events.
 
-The driver against real Ray clusters is in tests/test_ray_cluster.py.
+The driver against real Ray clusters is in tests/cluster/test_ray_cluster.py.
 """
 from __future__ import annotations
 

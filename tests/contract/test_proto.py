@@ -6,7 +6,7 @@ from pathlib import Path
 
 from llc.v1 import llc_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ("llc_pb2.py", "llc_pb2.pyi", "llc_pb2_grpc.py")
 
 

@@ -57,7 +57,7 @@ def test_a_driver_error_keeps_its_code_and_partial_result(ray_head, tmp_path):
     from llc.errors import EstimateFailed
     from service.config import ServerConfig
     from service.server import BackgroundServer
-    from tests.test_service_convert import result_document
+    from tests.service.test_convert import result_document
 
     partial = result_document()
     lines = [encode({"type": "started", "seq": 0, "time": 0, "chains_total": 2, "restrictions": ["full"]}),

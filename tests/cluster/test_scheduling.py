@@ -1,6 +1,6 @@
 """The chain scheduler (cluster/scheduling.py), driven with plain events: no Ray, no private pokes.
 
-The same policy on a real Ray cluster (workers killed, nodes lost) is in tests/test_ray_cluster.py.
+The same policy on a real Ray cluster (workers killed, nodes lost) is in tests/cluster/test_ray_cluster.py.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import yaml
 
 from cluster.local_ray import RayNode, free_port, private_temp_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llc"
 CRD = ROOT / "helm" / "schemas" / "kuberay" / "ray.io_rayclusters.yaml"
 RELEASE, NAMESPACE = "demo", "science"

@@ -3,7 +3,7 @@ tokens name principals; a principal gets, lists, watches and cancels only its ow
 (another's is NOT_FOUND, word for word as a missing one), an admin every one; the
 `llc-client-id` header never chooses the owner when tokens are set; ListEstimates returns
 summaries unless the full view is asked for; each loss trace travels once; a watch never
-goes back in seq. The per-principal limit under concurrency: tests/test_store.py (64
+goes back in seq. The per-principal limit under concurrency: tests/service/test_store.py (64
 threads) and, through the server on a real Ray cluster, the slow test at the end."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from service.config import ServerConfig
 from service.identity import load_tokens_file
 from service.states import JobState
 from service.store import JobRecord
-from tests.test_service_convert import result_document
+from tests.service.test_convert import result_document
 
 ALICE, BOB, OPS = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "ops-token-0123456789abcdef"
 
@@ -263,7 +263,7 @@ def test_concurrent_creates_through_the_server_respect_the_principals_limit(ray_
     against a limit of 8 create exactly 8, all owned by alice; bob sees none, the admin all.
     Before, the count ran before an await and the insert after it, so every call got through."""
     from service.server import BackgroundServer
-    from tests.test_service_runner import fake_interpreter
+    from tests.service.test_runner import fake_interpreter
 
     started = encode({"type": "started", "seq": 0, "time": 0, "chains_total": 1, "restrictions": ["full"]})
     python = fake_interpreter(tmp_path / "python", f"echo '{started}'\nsleep 120\n")

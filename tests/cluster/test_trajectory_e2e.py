@@ -15,7 +15,7 @@ from service.server import BackgroundServer
 
 pytestmark = pytest.mark.slow
 
-# Explicit settings: no calibration pilots (tests/test_calibration.py covers those).
+# Explicit settings: no calibration pilots (tests/engine/test_calibration.py covers those).
 SMALL = dict(chains=2, draws=10, context_length=16, batch_size=4, step_size=1e-3, nbeta=10.0, burn_in=0)
 RESTRICTIONS = ["full=all", "layer0=layer:0"]
 

@@ -1,7 +1,7 @@
 """The job tracker (service/tracker.py) driven with plain driver events on a real store: no Ray.
 
-The runner that feeds it from a Ray job's log is covered end to end in tests/test_service_runner.py
-and tests/test_service_e2e.py.
+The runner that feeds it from a Ray job's log is covered end to end in tests/service/test_runner.py
+and tests/service/test_e2e.py.
 """
 from __future__ import annotations
 
