@@ -37,9 +37,11 @@ def apply(progress: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     if kind == "progress":
         unit["step"] = max(unit["step"], int(event.get("step") or 0))
         unit["llc"] = event.get("llc_running")
+        if event.get("total_steps"):  # the chain's own length: an automatic burn-in is known only once calibrated
+            unit["total"] = int(event["total_steps"])
     elif event.get("status") in FINISHED:
         unit["done"] = True
-        unit["step"] = progress["steps_per_chain"]
+        unit["step"] = unit.get("total", progress["steps_per_chain"])
         if event.get("llc") is not None:
             unit["llc"] = event["llc"]
     _summarise(progress)
@@ -70,6 +72,11 @@ def finish(progress: dict[str, Any]) -> dict[str, Any]:
 
 def _summarise(progress: dict[str, Any]) -> None:
     units = progress["units"]
+    per_chain = progress["steps_per_chain"]
+    # Chains that reported their length count with it, the others with the spec's (so the total only
+    # grows when a calibrated burn-in is longer, and the steps done never go back).
+    progress["steps_total"] = (sum(u.get("total", per_chain) for u in units.values())
+                               + max(0, progress["chains_total"] - len(units)) * per_chain)
     progress["steps_done"] = min(progress["steps_total"], sum(u["step"] for u in units.values()))
     progress["chains_finished"] = sum(u["done"] for u in units.values())
     total = progress["steps_total"]

@@ -170,3 +170,28 @@ def test_data_restrictions_inherit_the_main_datasets_tokenization():
                                       "files": ["/d/x.jsonl"], "contextLength": 8}}])
     assert spec.restrictions[0].dataset.context_length == 32 and spec.restrictions[0].dataset.max_examples == 100
     assert spec.restrictions[1].dataset.context_length == 8  # its own setting wins
+
+
+def test_the_progress_bar_never_goes_back_when_an_automatic_burn_in_lengthens_the_chains():
+    """The chains report their calibrated length (total_steps); a finished chain counts all of it."""
+    import io
+
+    from llc.progress import ProgressBar
+    from llc.results import Event
+    from llc.v1 import llc_pb2 as pb
+
+    bar = ProgressBar("est-1", stream=io.StringIO())
+    snapshot = pb.WatchEstimateResponse(seq=0, snapshot=pb.Estimate(
+        state=pb.ESTIMATE_STATE_RUNNING, progress=pb.EstimateProgress(chains_total=2, steps_total=200)))
+    shown = []
+    for message in [snapshot] + [
+            pb.WatchEstimateResponse(seq=i, progress=pb.ChainProgressEvent(restriction="a", chain=0, step=step,
+                                                                          total_steps=300))
+            for i, step in enumerate((100, 200, 290), 1)] + [
+            pb.WatchEstimateResponse(seq=4, chain=pb.ChainStatusEvent(restriction="a", chain=0,
+                                                                      state=pb.CHAIN_STATE_SUCCEEDED, llc=1.0))]:
+        bar.update(Event.from_proto(message))
+        shown.append((bar._bar.n, bar._bar.total) if bar._bar is not None else None)
+    bar.close()
+    steps = [n for n, _ in shown]
+    assert steps == sorted(steps) and shown[-1] == (300, 400)  # chain 0's 300 steps; chain 1 still at the spec's 100

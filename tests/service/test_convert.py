@@ -118,3 +118,19 @@ def test_progress_folds_events():
     assert p["chains_finished"] == 1 and p["steps_done"] == 35 and p["restrictions"][1]["chains_finished"] == 1
     msg = convert.progress_to_proto(progress.finish(p))
     assert msg.fraction == 1.0 and msg.chains_finished == 4 and msg.restrictions[1].restriction == "b"
+
+
+def test_progress_with_an_automatic_burn_in_never_goes_back():
+    """burn_in "auto": the spec's length leaves the burn-in out; the chains report their calibrated
+    length (total_steps), so the total grows to it and a finished chain counts all of its steps."""
+    spec = {"sampler": {"chains": 2, "draws": 100}, "restrictions": [{"name": "a"}]}
+    p = progress.initial(spec)
+    assert p["steps_total"] == 200
+    done = []
+    for step in (50, 150, 250):
+        progress.apply(p, {"type": "progress", "restriction": "a", "chain": 0, "step": step, "total_steps": 300})
+        done.append(p["steps_done"])
+    assert p["steps_total"] == 300 + 100  # chain 0's calibrated length, chain 1's still unknown
+    progress.apply(p, {"type": "chain", "restriction": "a", "chain": 0, "status": "succeeded", "llc": 1.0})
+    done.append(p["steps_done"])
+    assert done == sorted(done) and done[-1] == 300 and 0 < p["fraction"] < 1

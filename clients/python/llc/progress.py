@@ -14,7 +14,9 @@ class ProgressBar:
         self._bar = None
         self._total = 0
         self._done: dict[str, int] = {}  # (restriction|chain) → step
+        self._lengths: dict[str, int] = {}  # (restriction|chain) → its steps, as the chain reports them
         self._steps_per_chain = 0
+        self._chains = 0
         self._state = "QUEUED"
         self._llc: dict[str, float] = {}
 
@@ -24,19 +26,24 @@ class ProgressBar:
             self._state = est.state
             self._total = est.progress.steps_total
             if est.progress.chains_total:
-                self._steps_per_chain = est.progress.steps_total // est.progress.chains_total
+                self._chains = est.progress.chains_total
+                self._steps_per_chain = self._steps_per_chain or est.progress.steps_total // est.progress.chains_total
             if est.is_terminal and est.state == "SUCCEEDED":
                 self._done = {"all": self._total}
             self._llc.update({k: v for k, v in est.progress.llc_running.items() if math.isfinite(v)})
         elif event.kind == "progress":
             d = event.data
-            self._done[f"{d['restriction']}|{d['chain']}"] = int(d["step"])
+            key = f"{d['restriction']}|{d['chain']}"
+            self._done[key] = int(d["step"])
+            if d.get("total_steps"):  # an automatic burn-in is known only once calibrated
+                self._lengths[key] = int(d["total_steps"])
             if isinstance(d.get("llc_running"), (int, float)) and math.isfinite(d["llc_running"]):
                 self._llc[f"{d['restriction']}/{d['chain']}"] = d["llc_running"]
             self._state = "RUNNING"
         elif event.kind == "chain" and event.data.get("state") in ("CHAIN_STATE_SUCCEEDED", "CHAIN_STATE_DIVERGED",
                                                                     "CHAIN_STATE_FAILED"):
-            self._done[f"{event.data['restriction']}|{event.data['chain']}"] = self._steps_per_chain
+            key = f"{event.data['restriction']}|{event.data['chain']}"
+            self._done[key] = self._lengths.get(key, self._steps_per_chain)
         elif event.kind == "started":
             self._state = "RUNNING"
         self._render()
@@ -44,6 +51,9 @@ class ProgressBar:
     def _render(self) -> None:
         if not self._enabled:
             return
+        if self._lengths and self._chains:  # chains that reported their length count with it: never backwards
+            self._total = max(self._total, sum(self._lengths.values())
+                              + max(0, self._chains - len(self._lengths)) * self._steps_per_chain)
         done = min(sum(self._done.values()), self._total) if self._total else 0
         llc = ""
         if self._llc:
