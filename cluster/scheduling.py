@@ -17,6 +17,7 @@ out what they return. The rules:
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -26,6 +27,8 @@ from cluster.contract.spec import JobSpec
 from cluster.engine import calibrate
 from cluster.engine.result import ChainResult
 from cluster.engine.seeds import chain_seed
+
+log = logging.getLogger(__name__)
 
 
 class WorkerFailed(LLCError):
@@ -293,6 +296,8 @@ class ChainScheduler:
         base = self.calibrations[r]
         self.calibrations[r] = {**record, **base, "warnings": base["warnings"] + record["warnings"]}
         self.settings[r] = calibrate.resolve(self.spec.sampler, plan.nbeta, record).to_dict()
+        log.info("restriction %d calibrated: ε = %.3g, burn-in %d (%s)", r, record["step_size"], record["burn_in"],
+                 record["step_size_reason"])
 
 
 def failed_chain(unit: ChainUnit, seed: int, message: str) -> dict[str, Any]:
