@@ -1,6 +1,5 @@
 """The runner's handling of driver logs; and, on a real Ray cluster, drivers that die."""
 import json
-import os
 import stat
 
 import pytest
@@ -27,6 +26,18 @@ def fake_interpreter(path, body: str) -> str:
     return str(path)
 
 
+def server_with_driver(ray_head, tmp_path, body: str):
+    """A server config whose Ray jobs run `body` as their driver, and a one-line dataset."""
+    from service.config import ServerConfig
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "a b"}) + "\n")
+    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
+                          ray_dashboard_url=ray_head.dashboard_url,
+                          driver_python=fake_interpreter(tmp_path / "python", body), check_local_paths=False)
+    return config, data
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("body,fragment", [
     ('echo \'%s\'\necho "Segmentation fault in worker"\nexit 3\n' % encode({"type": "started", "seq": 0, "time": 0,
@@ -37,14 +48,9 @@ def fake_interpreter(path, body: str) -> str:
 def test_a_driver_that_dies_without_a_result_fails_the_estimate_with_its_last_lines(
         ray_head, tmp_path, body, fragment):
     from llc import Client
-    from service.config import ServerConfig
     from service.server import BackgroundServer
 
-    python = fake_interpreter(tmp_path / "python", body)
-    data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"text": "a b"}) + "\n")
-    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
-                          ray_dashboard_url=ray_head.dashboard_url, driver_python=python, check_local_paths=False)
+    config, data = server_with_driver(ray_head, tmp_path, body)
     with BackgroundServer(config) as server, Client(server.address) as client:
         est = client.submit("org/model", str(data), chains=1, draws=5)
         final = client.wait(est.id, timeout=120)
@@ -55,7 +61,6 @@ def test_a_driver_that_dies_without_a_result_fails_the_estimate_with_its_last_li
 def test_a_driver_error_keeps_its_code_and_partial_result(ray_head, tmp_path):
     from llc import Client
     from llc.errors import EstimateFailed
-    from service.config import ServerConfig
     from service.server import BackgroundServer
     from tests.service.test_convert import result_document
 
@@ -64,11 +69,7 @@ def test_a_driver_error_keeps_its_code_and_partial_result(ray_head, tmp_path):
              encode({"type": "error", "seq": 1, "time": 0, "code": "RESOURCE_EXHAUSTED",
                      "message": "1 chain(s) failed after 3 attempts", "partial_result": partial})]
     body = "".join(f"cat <<'EOF'\n{line}\nEOF\n" for line in lines) + "exit 1\n"
-    python = fake_interpreter(tmp_path / "python", body)
-    data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"text": "a b"}) + "\n")
-    config = ServerConfig(address="127.0.0.1:0", store_url=str(tmp_path / "j.sqlite"),
-                          ray_dashboard_url=ray_head.dashboard_url, driver_python=python, check_local_paths=False)
+    config, data = server_with_driver(ray_head, tmp_path, body)
     with BackgroundServer(config) as server, Client(server.address) as client:
         with pytest.raises(EstimateFailed) as info:
             client.estimate("org/model", str(data), chains=2, draws=5, progress=False, timeout=120)
