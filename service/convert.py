@@ -75,13 +75,17 @@ def restriction_to_dict(r: pb.Restriction) -> dict[str, Any]:
     return out
 
 
+# SamplerSettings: its enum fields with their (number → name, name → number) tables; the rest are scalars.
+_SAMPLER_ENUMS = {"method": (METHODS, METHOD_VALUES), "init_loss": (INIT_LOSS, INIT_LOSS_VALUES),
+                  "dtype": (DTYPES, DTYPE_VALUES)}
+_SAMPLER_SCALARS = tuple(f.name for f in pb.SamplerSettings.DESCRIPTOR.fields if f.name not in _SAMPLER_ENUMS)
+
+
 def sampler_to_dict(s: pb.SamplerSettings) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    _optional(s, ("step_size", "nbeta", "gamma", "chains", "burn_in", "draws", "steps_between_draws", "seed",
-                  "init_loss_batches", "rmsprop_alpha", "rmsprop_eps", "mala", "fetch_every", "calibration_budget"), out)
-    _enum(METHODS, s.method, out, "method", "sampler.method")
-    _enum(INIT_LOSS, s.init_loss, out, "init_loss", "sampler.init_loss")
-    _enum(DTYPES, s.dtype, out, "dtype", "sampler.dtype")
+    _optional(s, _SAMPLER_SCALARS, out)
+    for name, (names, _) in _SAMPLER_ENUMS.items():
+        _enum(names, getattr(s, name), out, name, f"sampler.{name}")
     return out
 
 
@@ -119,15 +123,11 @@ def dataset_from_dict(d: dict[str, Any], msg: pb.DatasetRef) -> None:
     msg.files.extend(d.get("files") or [])
 
 
-_SAMPLER_ENUMS = {"method": METHOD_VALUES, "init_loss": INIT_LOSS_VALUES, "dtype": DTYPE_VALUES}
-_SAMPLER_SCALARS = tuple(f.name for f in pb.SamplerSettings.DESCRIPTOR.fields if f.name not in _SAMPLER_ENUMS)
-
-
 def sampler_from_dict(s: dict[str, Any], msg: pb.SamplerSettings) -> pb.SamplerSettings:
     """SamplerConfig.to_dict() → SamplerSettings ("auto" travels as unset)."""
     _set(msg, s, _SAMPLER_SCALARS)
-    for name, table in _SAMPLER_ENUMS.items():
-        setattr(msg, name, table.get(s.get(name, ""), 0))
+    for name, (_, values) in _SAMPLER_ENUMS.items():
+        setattr(msg, name, values.get(s.get(name, ""), 0))
     return msg
 
 
