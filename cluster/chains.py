@@ -167,12 +167,11 @@ class ChainPool:
                 kind, w = self._inflight.pop(ref)
                 try:
                     value = ray.get(ref)
-                except RayTaskError as exc:  # raised inside the worker, which lives on
-                    self._report(schedule.raised(w.index, getattr(exc, "cause", None) or exc, _describe(exc),
+                except (RayTaskError, UnserializableException) as exc:  # raised inside the worker, which lives on
+                    # (an UnserializableException: only the worker's exception did not unpickle)
+                    cause = getattr(exc, "cause", None) or exc
+                    self._report(schedule.raised(w.index, cause, f"{type(cause).__name__}: {_short(cause)}",
                                                  loading=kind != "work"))
-                    continue
-                except UnserializableException as exc:  # the worker lives; only its exception did not unpickle
-                    self._report(schedule.raised(w.index, exc, _describe(exc), loading=kind != "work"))
                     continue
                 except RayError as exc:  # the worker process or its node died
                     self._died(w, _short(exc))
@@ -213,8 +212,3 @@ class ChainPool:
     def _report(self, reports: list[ChainReport]) -> None:
         for report in reports:
             self.on_chain(report)
-
-
-def _describe(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {_short(cause)}"

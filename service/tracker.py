@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from cluster.contract.events import parse_lines
 from service import job_progress as progress_mod
 from service.notify import JobNotifier
 from service.states import JobState
@@ -68,8 +69,6 @@ class JobTracker:
                       tail_lines: int = 20) -> None:
         """The Ray job ended (`status`: SUCCEEDED, FAILED or STOPPED); `log_text` is its whole log,
         read once more in case the stream missed the end."""
-        from cluster.contract.events import parse_lines
-
         if self.ingest(job_id, parse_lines(log_text.splitlines())):
             return
         tail = "\n".join(log_text.rstrip().splitlines()[-tail_lines:])
