@@ -11,8 +11,7 @@ import pytest
 
 from llc import Client
 from llc.cli import main as cli
-from service.config import ServerConfig
-from service.server import BackgroundServer
+from tests.fixtures.service import server_starter
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +23,8 @@ def model_and_data(tiny_lm_dirs, text_jsonl, other_text_jsonl):
 
 @pytest.fixture
 def serve(ray_head, tmp_path):
-    servers = []
-
-    def start(**overrides) -> BackgroundServer:
-        settings = {"address": "127.0.0.1:0", "store_url": str(tmp_path / "jobs.sqlite"),
-                    "ray_dashboard_url": ray_head.dashboard_url, **overrides}
-        server = BackgroundServer(ServerConfig(**settings)).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    with server_starter(tmp_path, ray_dashboard_url=ray_head.dashboard_url) as start:
+        yield start
 
 
 def ray_jobs(ray_head, submission_id: str):
