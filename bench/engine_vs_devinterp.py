@@ -106,6 +106,10 @@ def mean_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return per_token_loss(model, input_ids).mean()
 
 
+# each row's loss (rows of equal length): the engine looks L(w*) up per row (cluster.engine.anchor)
+mean_loss.per_row = lambda model, input_ids: per_token_loss(model, input_ids).mean(1)
+
+
 def markov_tokens(sequences: int, seq: int, vocab: int, seed: int = 0) -> torch.Tensor:
     """Token sequences from a random sparse Markov chain: learnable, so w* can be near a minimum."""
     g = torch.Generator().manual_seed(seed)
@@ -139,6 +143,10 @@ class TokenBatches:
 
     def __len__(self) -> int:
         return len(self.tokens) // self.batch
+
+    def every_row(self) -> list[torch.Tensor]:
+        """Every sequence once (the last batch may be partial): the engine's L(w*) table pass."""
+        return [self.tokens[i:i + self.batch] for i in range(0, len(self.tokens), self.batch)]
 
     def __iter__(self):
         order = torch.randperm(len(self.tokens))

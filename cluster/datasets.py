@@ -241,6 +241,12 @@ class TokenBatches:
     def __len__(self) -> int:
         return self.input_ids.shape[0] // self.batch_size
 
+    def every_row(self) -> list[torch.Tensor]:
+        """Every row once, in order, in batches of batch_size (the last may be partial): the rows
+        a shuffled pass can draw, for L(w*) per row (cluster.engine.anchor)."""
+        size = self.batch_size
+        return [self.input_ids[i:i + size] for i in range(0, self.input_ids.shape[0], size)]
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         n = self.input_ids.shape[0]
         order = torch.randperm(n) if self.shuffle else torch.arange(n)
@@ -259,4 +265,15 @@ def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # no KV cache: nothing decodes later
     targets = batch[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def lm_row_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """lm_loss of each row, shape (rows,): rows have equal length, so their mean is lm_loss."""
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+    targets = batch[:, 1:]
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    return per_token.view(batch.shape[0], -1).mean(1)
+
+
+lm_loss.per_row = lm_row_loss  # L(w*) per row: the draws look it up (cluster.engine.anchor)
 

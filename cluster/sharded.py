@@ -117,7 +117,8 @@ class ChainRank(ChainWorker):
 
         return self._shards.init_loss(lm_loss, rows, self._spec.batch_size, self._spec.sampler)
 
-    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress):
+    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress,
+                anchors: Any = None):  # a sharded chain evaluates L_m(w*) by a forward (cluster.engine.zero3)
         from cluster.datasets import lm_loss
 
         return [self._shards.run_chain(lm_loss, batches, config, chain, init_loss=init_loss,

@@ -134,6 +134,7 @@ class ChainWorker:
             "selections": selections,
             "preview": preview,
             "init_loss": {},
+            "anchors": {},  # per dataset key: L(w*) per row, kept between calls (cluster.engine.anchor)
             "load_seconds": time.monotonic() - start,
             "threads": torch.get_num_threads(),
         }
@@ -183,6 +184,7 @@ class ChainWorker:
         a calibration pilot, which posts no progress. `attempts[i]` numbers chain i's attempt.
         """
         from cluster.contract.sampler import SamplerConfig
+        from cluster.engine.anchor import AnchorCache  # L(w*) per row, built once it pays (its docstring)
 
         config = SamplerConfig.from_dict(sampler) if sampler is not None else self._spec.sampler
         self.prepare()
@@ -200,14 +202,16 @@ class ChainWorker:
 
         start = time.monotonic()
         self._observing = not pilot  # calibration pilots record no observables
-        results = self._chains(self._state["batches"][key], config, restriction, chains, init_loss, progress)
+        results = self._chains(self._state["batches"][key], config, restriction, chains, init_loss, progress,
+                               anchors=self._state["anchors"].setdefault(key, AnchorCache()))
         seconds = round(time.monotonic() - start, 3)
         for r in results:
             r.attempts = attempt[r.chain]
             r.extra = {**r.extra, **where, "seconds": seconds, "chains_together": len(chains)}
         return [r.to_dict() for r in results]
 
-    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress):
+    def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress,
+                anchors: Any = None):
         """Chains on this process's loaded model, batched where the engine can → [ChainResult]."""
         from cluster.datasets import lm_loss
         from cluster.engine.estimate import estimate_llc
@@ -221,7 +225,8 @@ class ChainWorker:
         result = estimate_llc(self._state["model"].model, lm_loss, batches, config,
                               params=self._state["selections"][restriction].params, chains=list(chains),
                               init_loss=init_loss, progress=progress, batch_chains=len(chains),
-                              memory="lean" if self._spec.compute.lean_memory else "standard", observer=observer)
+                              memory="lean" if self._spec.compute.lean_memory else "standard", observer=observer,
+                              anchor_cache=anchors)
         if observer is not None:
             for chain in result.chains:
                 if chain.chain in observer.chains():

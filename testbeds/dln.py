@@ -48,6 +48,10 @@ class ShuffledBatches:
     def __len__(self) -> int:
         return len(self.x) // self.batch
 
+    def every_row(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example once (the last batch may be partial): the engine's L(w*) table pass."""
+        return [(self.x[i:i + self.batch], self.y[i:i + self.batch]) for i in range(0, len(self.x), self.batch)]
+
     def __iter__(self):
         order = torch.randperm(len(self.x))
         for i in range(len(self)):
@@ -56,8 +60,16 @@ class ShuffledBatches:
 
 
 def dln_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    return dln_row_loss(model, batch).mean()
+
+
+def dln_row_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    """Each example's ½||f(x) - y||²: the engine looks L(w*) up per example (cluster.engine.anchor)."""
     x, y = batch
-    return 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
+    return 0.5 * ((model(x) - y) ** 2).sum(dim=1)
+
+
+dln_loss.per_row = dln_row_loss
 
 
 def parameter_count(widths: Sequence[int]) -> int:

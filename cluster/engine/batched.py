@@ -25,6 +25,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from cluster.contract.sampler import SamplerConfig
+from cluster.engine import anchor as anchors
 from cluster.engine.result import SUCCEEDED, ChainResult
 from cluster.engine.sgld import SGLD
 
@@ -57,7 +58,7 @@ def _stack_batches(batches: list, device: torch.device):
 
 def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, config: SamplerConfig,
                        init_loss: float | None, elements: int, progress, amp: str,
-                       update: str = "foreach") -> list[ChainResult]:
+                       update: str = "foreach", anchor=None) -> list[ChainResult]:
     """Chains `chains` as one batched computation; same contract as estimate._run_chain per chain."""
     from cluster.engine import estimate as E
 
@@ -106,6 +107,9 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
     fetched = np.zeros((count, total))
     fetched_inits = np.zeros((count, total))
     streams = [E._batch_stream(batches, seed) for seed in seeds]
+    if anchor is not None:  # L_m(w*) looked up per row (cluster.engine.anchor), no forward
+        anchor = anchor.to(device)
+        misses = torch.zeros((), dtype=torch.int64, device=device)
     done = 0
     try:
         for t in range(total):
@@ -121,7 +125,9 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
                     raise
             step_losses.sum().backward()  # chain c's weights only reach chain c's loss
             losses[:, t] = step_losses.detach()
-            if is_paired[t]:
+            if is_paired[t] and anchor is not None:
+                inits[:, t] = anchor.chain_losses(batch, misses, chains=count)
+            elif is_paired[t]:
                 with torch.no_grad(), E._autocast(device, amp):
                     inits[:, t] = anchor_loss(batch).detach()  # the model itself is at w*
             optimizer.step()
@@ -134,6 +140,8 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
                 block = slice(done, t + 1)
                 fetched[:, block] = losses[:, block].cpu().numpy()
                 fetched_inits[:, block] = inits[:, block].cpu().numpy()
+                if anchor is not None:
+                    anchors.check_misses(misses)
                 done = t + 1
                 for k in list(active):
                     steps_done[k] = done

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from cluster.engine import batched, calibrate
+from cluster.engine import anchor as anchors, batched, calibrate
 from cluster.contract.sampler import ConfigError, SamplerConfig
 from cluster.engine.seeds import chain_seed
 from cluster.engine.result import DIVERGED, SUCCEEDED, ChainResult, LLCResult
@@ -207,6 +207,8 @@ def estimate_llc(
     observer: Any = None,
     batch_chains: int = 1,
     update: str = "foreach",
+    anchor: str = "auto",
+    anchor_cache: anchors.AnchorCache | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
@@ -240,6 +242,11 @@ def estimate_llc(
             noise streams, so the same chains up to rounding. Falls back to one chain at a time
             where it cannot batch (the lean mode, observables, a loss_fn vmap cannot run).
         update: the SGLD update, "foreach" (reference), "fused" or "compiled" (cluster.engine.fused).
+        anchor: how each draw's L_m(w*) is found (cluster.engine.anchor): "table", one no-grad pass
+            over the sampling set, then a lookup per draw; "forward", a forward at w* per draw;
+            "auto", the table where `loss_fn.per_row` and the batches allow it and its pass costs
+            no more forwards than the draws (of this call, or of every call sharing `anchor_cache`).
+        anchor_cache: tables kept between calls at the same w* and batches (a worker's dataset).
 
     Settings left "auto" in `config` are chosen first (cluster.engine.calibrate):
     pilot chains over a grid of ε, then the main chains at the chosen ε. The result's
@@ -251,6 +258,11 @@ def estimate_llc(
         raise ConfigError("batch_chains", f"must be an integer >= 1, got {batch_chains!r}")
     if update not in UPDATES:
         raise ConfigError("update", f"must be one of {UPDATES}, got {update!r}")
+    if anchor not in ("auto", "table", "forward"):
+        raise ConfigError("anchor", f"must be 'auto', 'table' or 'forward', got {anchor!r}")
+    if anchor == "table" and anchors.applicable(loss_fn, batches) is not None:
+        raise ConfigError("anchor", f"'table' needs {anchors.applicable(loss_fn, batches)}: give loss_fn.per_row "
+                                    "and a list of batches (or batches with every_row()), or use 'auto'")
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a SamplerConfig, got {type(config).__name__}")
     moving = _resolve_moving(model, params)
@@ -268,26 +280,35 @@ def estimate_llc(
     amp = _autocast_dtype(config, model)  # before half-precision moving weights are upcast
     nbeta, nbeta_info = calibrate.resolve_nbeta(config, sample_size or _count_examples(batches))
     calibration = None
+    plan = calibrate.plan_pilots(config, nbeta)
+    saved_dtypes = {n: p.dtype for n, p, _ in moving}
     with _moving_only(model, moving, upcast=memory != "lean"):
         if mode == "full" and init_loss is None:
             init_loss = compute_init_loss(model, loss_fn, batches, config, amp=amp)
+        table = None
+        if anchor != "forward" and anchors.applicable(loss_fn, batches) is None:
+            # built here, where half-precision moving weights are upcast as the chains will see them
+            signature = (amp, memory, tuple(n for n, p, _ in moving if p.dtype != saved_dtypes[n]))
+            table = (anchor_cache or anchors.AnchorCache()).table(
+                signature, batches, paired_steps(config, len(indices), plan),
+                lambda: anchors.AnchorTable.build(model, loss_fn, batches, amp=amp), force=anchor == "table")
 
         def run_all(cfg: SamplerConfig, which: list[int], report, observe=None) -> list[ChainResult]:
             run = functools.partial(_run_chain, loss_fn=loss_fn, batches=batches, config=cfg,
                                     init_loss=init_loss if mode == "full" else None, elements=elements,
-                                    progress=report, amp=amp, memory=memory, observer=observe, update=update)
+                                    progress=report, amp=amp, memory=memory, observer=observe, update=update,
+                                    anchor=table)
             if batch_chains > 1 and len(which) > 1 and batched.supported(memory, observe) is None:
                 try:
                     return [r for k in range(0, len(which), batch_chains) for r in batched.run_chains_batched(
                         model, moving, which[k:k + batch_chains], loss_fn=loss_fn, batches=batches, config=cfg,
                         init_loss=init_loss if mode == "full" else None, elements=elements, progress=report,
-                        amp=amp, update=update)]
+                        amp=amp, update=update, anchor=table)]
                 except batched.BatchingUnsupported:
                     pass  # one chain at a time below (the model is still at w*: batching never moves it)
             n = min(workers, len(which))
             return [run(model, moving, i) for i in which] if n == 1 else _run_concurrently(run, model, moving, which, n)
 
-        plan = calibrate.plan_pilots(config, nbeta)
         if plan is not None:
             pilots = [c for k in range(len(plan.grid)) for c in run_all(plan.config_for(k), [k], None)]
             calibration = calibrate.choose(plan, pilots, init_loss if mode == "full" else None)
@@ -342,6 +363,14 @@ def _run_concurrently(run, model, moving, indices: list[int], workers: int) -> l
     return [r for part in parts for r in part]
 
 
+def paired_steps(config: SamplerConfig, chains: int, plan: "calibrate.PilotPlan | None" = None) -> int:
+    """Draws (and first-block steps) that evaluate L_m(w*) in `chains` main chains and the pilots."""
+    count = chains * int(step_masks(config)[1].sum())
+    if plan is not None:
+        count += sum(int(step_masks(plan.config_for(k))[1].sum()) for k in range(len(plan.grid)))
+    return count
+
+
 def step_masks(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
     """(is_draw, is_paired) over a chain's steps. L_m(w*) is evaluated on the step's own batch at
     every draw (the diagnostics' paired signal, and λ̂ in paired mode) and over the first block
@@ -355,7 +384,7 @@ def step_masks(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerConfig, init_loss: float | None,
                elements: int, progress, amp: str, memory: str = "standard", observer=None,
-               update: str = "foreach") -> ChainResult:
+               update: str = "foreach", anchor: anchors.AnchorTable | None = None) -> ChainResult:
     params = [p for _, p, _ in moving]
     device = params[0].device
     seed = chain_seed(config.seed, chain)
@@ -387,6 +416,9 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
     fetched_inits = np.zeros(total)
     stream = _batch_stream(batches, seed)
     pointers = _own_storages(model, params)  # L_m(w*) by swapping storage pointers, not copying
+    if anchor is not None:  # or looked up, with no forward at all (cluster.engine.anchor)
+        anchor = anchor.to(device)
+        misses = torch.zeros((), dtype=torch.int64, device=device)
     for p in params:  # gradients left on the model (by training, or a deep copy of it) would add to the first step's
         p.grad = None
     recorder = observer.chain(chain, draws=int(is_draw.sum()), device=device, amp=amp) if observer is not None else None
@@ -400,7 +432,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
             if recorder is not None and is_draw[t]:  # observables at w_t (cluster.engine.observables)
                 recorder.on_draw(model)
             if is_paired[t]:
-                inits[t] = _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp, pointers=pointers)
+                inits[t] = (anchor.batch_loss(batch, misses) if anchor is not None else
+                            _loss_at_anchor(model, loss_fn, batch, optimizer, device, amp, pointers=pointers))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if virial is not None and is_draw[t]:
@@ -411,6 +444,8 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                 block = slice(steps_done, t + 1)
                 fetched[block] = losses[block].cpu().numpy()
                 fetched_inits[block] = inits[block].cpu().numpy()
+                if anchor is not None:
+                    anchors.check_misses(misses)
                 if recorder is not None:
                     recorder.fetch()
                 steps_done = t + 1
@@ -423,9 +458,9 @@ def _run_chain(model, moving, chain: int, *, loss_fn, batches, config: SamplerCo
                     progress(ChainProgress(chain, steps_done, total, _llc(fetched[:steps_done], reference, is_draw, config)))
     finally:
         with torch.no_grad():  # back to w* for the next chain or restriction
-            anchors = optimizer.anchors()
-            if anchors:
-                torch._foreach_copy_([p for p, _ in anchors], [a.to(p.dtype) for p, a in anchors])
+            pairs = optimizer.anchors()
+            if pairs:
+                torch._foreach_copy_([p for p, _ in pairs], [a.to(p.dtype) for p, a in pairs])
     if recorder is not None:
         recorder.close()
 
