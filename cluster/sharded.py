@@ -61,6 +61,7 @@ class ChainRank(ChainWorker):
         self._rank = 0
         self._shards = None  # cluster.engine.zero3.ShardedChains, once loaded
         self._test = {"noise": True, "record_moves": False}
+        self._anchor_test = "auto"  # tests only: "table" or "forward" instead of the ski-rental rule
 
     def address(self) -> dict[str, Any]:
         """Where this rank runs: node IP, its GPU ids, pid."""
@@ -118,17 +119,25 @@ class ChainRank(ChainWorker):
         return self._shards.init_loss(lm_loss, rows, self._spec.batch_size, self._spec.sampler)
 
     def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress,
-                anchors: Any = None):  # a sharded chain evaluates L_m(w*) by a forward (cluster.engine.zero3)
+                anchors: Any = None):
         from cluster.datasets import lm_loss
+        from cluster.engine.estimate import paired_steps
 
+        # every rank gets the same calls, so all build the table (a collective pass) at the same call
+        table = None if self._anchor_test == "forward" else anchors.table(
+            ("zero3", self._anchor_test), batches, paired_steps(config, len(chains)),
+            lambda: self._shards.anchor_table(lm_loss, batches.input_ids, batches.batch_size),
+            force=self._anchor_test == "table")
         return [self._shards.run_chain(lm_loss, batches, config, chain, init_loss=init_loss,
                                        params=self._state["selections"][restriction].params,
-                                       progress=progress if self._rank == 0 else None, **self._test)
+                                       progress=progress if self._rank == 0 else None, anchor=table, **self._test)
                 for chain in chains]  # a sharded chain fills its ranks: one at a time
 
-    def set_test_options(self, *, noise: bool = True, record_moves: bool = False) -> None:
-        """Tests only: switch the SGLD noise off, or keep each chain's final w - w* (moves())."""
+    def set_test_options(self, *, noise: bool = True, record_moves: bool = False, anchor: str = "auto") -> None:
+        """Tests only: switch the SGLD noise off, keep each chain's final w - w* (moves()), or force
+        how L_m(w*) is found ("table" or "forward")."""
         self._test = {"noise": noise, "record_moves": record_moves}
+        self._anchor_test = anchor
 
     def moves(self) -> Any:
         return [m.cpu().numpy() for m in self._shards.moves]
@@ -220,9 +229,10 @@ class ShardedChainWorker(ChainRank):
         return value
 
     # -- test hooks ------------------------------------------------------------
-    def set_test_options(self, *, noise: bool = True, record_moves: bool = False) -> None:
-        ray.get([f.set_test_options.remote(noise=noise, record_moves=record_moves) for f in self._followers])
-        super().set_test_options(noise=noise, record_moves=record_moves)
+    def set_test_options(self, *, noise: bool = True, record_moves: bool = False, anchor: str = "auto") -> None:
+        ray.get([f.set_test_options.remote(noise=noise, record_moves=record_moves, anchor=anchor)
+                 for f in self._followers])
+        super().set_test_options(noise=noise, record_moves=record_moves, anchor=anchor)
 
     def moves(self) -> list[Any]:
         """Per rank, w - w* of its flat partition at the end of the last chain (record_moves=True)."""

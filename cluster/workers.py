@@ -207,7 +207,7 @@ class ChainWorker:
         seconds = round(time.monotonic() - start, 3)
         for r in results:
             r.attempts = attempt[r.chain]
-            r.extra = {**r.extra, **where, "seconds": seconds, "chains_together": len(chains)}
+            r.extra = {"chains_together": 1, **r.extra, **where, "seconds": seconds}  # the engine's count if batched
         return [r.to_dict() for r in results]
 
     def _chains(self, batches, config, restriction: int, chains: list[int], init_loss: float | None, progress,

@@ -60,7 +60,7 @@ def worth_building(batches: Any, paired_steps: int) -> bool:
     return passes <= paired_steps
 
 
-class _Hasher:
+class RowHasher:
     """Row keys of a batch: every tensor leaf flattened per row, its values (float bits as
     integers) hashed by two random linear forms modulo a prime, the leaves combined in order."""
 
@@ -82,7 +82,7 @@ class _Hasher:
         h = torch.zeros(2, rows, dtype=torch.int64, device=leaves[0].device)
         for i, x in enumerate(leaves):
             if x.shape[:1] != (rows,):
-                raise TypeError(f"batch tensors disagree on the number of rows ({rows} and {x.shape[0]})")
+                raise TypeError(f"batch tensors disagree on the number of rows ({rows} and shape {tuple(x.shape)})")
             flat = x.detach().reshape(rows, -1)
             if flat.dtype.is_floating_point or flat.dtype.is_complex:
                 flat = flat.contiguous().view(_INT_VIEW[flat.element_size()])
@@ -97,11 +97,11 @@ class _Hasher:
 class AnchorTable:
     """L(w*) per row (sorted by row key) and the draws' lookups, with a device-side miss count."""
 
-    def __init__(self, keys: torch.Tensor, losses: torch.Tensor, hasher: _Hasher | None = None):
+    def __init__(self, keys: torch.Tensor, losses: torch.Tensor, hasher: RowHasher | None = None):
         order = torch.argsort(keys)
         self.keys = keys[order]
         self.losses = losses[order]
-        self._hash = hasher or _Hasher()
+        self._hash = hasher or RowHasher()
 
     @classmethod
     @torch.no_grad()
@@ -113,7 +113,7 @@ class AnchorTable:
         if reason is not None:
             raise ValueError(f"no anchor table: {reason}")
         device = next(model.parameters()).device
-        hasher = _Hasher()
+        hasher = RowHasher()
         keys, losses = [], []
         with _autocast(device, amp):
             for batch in row_source(batches):
@@ -161,22 +161,28 @@ class AnchorCache:
     """
 
     def __init__(self) -> None:
-        self.tables: dict[Any, AnchorTable] = {}
+        self.tables: dict[Any, AnchorTable | None] = {}  # None: these batches have no rows to key (forward)
         self.paired_steps = 0
 
     def table(self, signature: Any, batches: Any, paired_steps: int, build: Callable[[], AnchorTable], *,
               force: bool = False) -> AnchorTable | None:
+        """The table for `signature`, built now if `force` or worth it; None: a forward per draw."""
         if signature not in self.tables:
             self.paired_steps += paired_steps
             if not (force or worth_building(batches, self.paired_steps)):
                 return None
-            self.tables[signature] = build()
+            try:
+                self.tables[signature] = build()
+            except (TypeError, ValueError):  # rows that cannot be keyed, or per_row breaking its contract
+                if force:
+                    raise
+                self.tables[signature] = None
         return self.tables[signature]
 
 
 def check_misses(misses: torch.Tensor) -> None:
     """Raise (at a fetch, where the host syncs anyway) if a draw met a row the table lacks."""
-    count = int(misses)
+    count = int(misses.sum())
     if count:
         raise RuntimeError(f"{count} rows drawn by the chain were not in the L(w*) table: the sampling set changed "
                            "between passes (batches must hold the same rows on every pass)")

@@ -162,12 +162,15 @@ def run_chains_batched(model, moving, chains: list[int], *, loss_fn, batches, co
     variance = optimizer.gradient_variance()
     la_all = log_accept.cpu().numpy() if log_accept is not None else None
     vir_all = virial.cpu().numpy() if virial is not None else None
-    return [E.chain_result(chain, seeds[k], status[k], message[k], fetched[k, :steps_done[k]],
-                           fetched_inits[k, :steps_done[k]], is_draw=is_draw, init_loss=init_loss, config=config,
-                           elements=elements, log_accept=la_all[k] if la_all is not None else None,
-                           virial=vir_all[k] if vir_all is not None else None,
-                           variance=float(variance[k]) if variance is not None else None)
-            for k, chain in enumerate(chains)]
+    results = [E.chain_result(chain, seeds[k], status[k], message[k], fetched[k, :steps_done[k]],
+                              fetched_inits[k, :steps_done[k]], is_draw=is_draw, init_loss=init_loss, config=config,
+                              elements=elements, log_accept=la_all[k] if la_all is not None else None,
+                              virial=vir_all[k] if vir_all is not None else None,
+                              variance=float(variance[k]) if variance is not None else None)
+               for k, chain in enumerate(chains)]
+    for r in results:
+        r.extra["chains_together"] = count  # what ran as one computation (a fallback runs them one at a time)
+    return results
 
 
 def supported(memory: str, observer: Any) -> str | None:

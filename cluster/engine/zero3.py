@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from cluster.contract.sampler import ConfigError, SamplerConfig
+from cluster.engine.anchor import AnchorTable, RowHasher, check_misses
 from cluster.engine.estimate import (BLOWUP_FACTOR, ChainProgress, LossFn, _autocast, _autocast_dtype,
                                      _batch_stream, _check_block, _llc, _to_device, chain_seed)
 from cluster.engine.result import SUCCEEDED, ChainResult
@@ -177,15 +178,34 @@ class ShardedChains:
             raise ConfigError("model", f"L(w*) is {value}: the loss at the given weights is not finite")
         return value
 
+    @torch.no_grad()
+    def anchor_table(self, loss_fn: LossFn, rows: torch.Tensor, batch_size: int) -> AnchorTable:
+        """L(w*) per row (cluster.engine.anchor), every row once as in init_loss: each rank evaluates
+        its share, and a sum over the ranks gives every rank every row's loss for its lookups."""
+        losses = torch.zeros(rows.shape[0], device=self.device)
+        hasher, keys = RowHasher(), []
+        with _autocast(self.device, self.amp):
+            for start in range(0, rows.shape[0], batch_size):
+                chunk = rows[start:start + batch_size]
+                mine = torch.tensor_split(torch.arange(chunk.shape[0]), self.world)[self.rank]
+                # every rank runs the forward (ZeRO-3 gathers collectively); an empty share evaluates one row
+                value = loss_fn.per_row(self.engine, _to_device(chunk[mine] if mine.numel() else chunk[:1], self.device))
+                if mine.numel():
+                    losses[start + int(mine[0]):start + int(mine[-1]) + 1] = value.float()
+                keys.append(hasher(_to_device(chunk, self.device)))
+        dist.all_reduce(losses)
+        return AnchorTable(torch.cat(keys), losses, hasher)
+
     # -- one chain ----------------------------------------------------------------
     def run_chain(self, loss_fn: LossFn, batches: Iterable, config: SamplerConfig, chain: int, *,
                   params: Selection = None, init_loss: float | None = None,
                   progress: Callable[[ChainProgress], None] | None = None, noise: bool = True,
-                  record_moves: bool = False) -> ChainResult:
+                  record_moves: bool = False, anchor: AnchorTable | None = None) -> ChainResult:
         """Chain `chain` of `config` on this rank's share; every rank returns the same ChainResult.
 
         `batches` yields whole batches, identically on every rank (same seed); each rank takes its
-        1/world share of the rows. `init_loss` None pairs each draw with L_m(w*) on its own batch.
+        1/world share of the rows. `init_loss` None pairs each draw with L_m(w*) on its own batch,
+        looked up in `anchor` (this group's `anchor_table`) where given, else a forward at w*.
         The weights are back at w* afterwards. Tests only: `noise=False` drops ξ, `record_moves`
         keeps this rank's final w - w* in `self.moves`."""
         auto = [f for f in ("step_size", "nbeta", "burn_in") if getattr(config, f) == "auto"]
@@ -217,6 +237,7 @@ class ShardedChains:
         status, message, steps_done = SUCCEEDED, "", 0
         fetched, fetched_inits = np.zeros(total), np.zeros(total)
         stream = _batch_stream(batches, seed)
+        misses = torch.zeros(1, dtype=torch.int64, device=self.device)
         try:
             for t in range(total):
                 batch = _to_device(self._share(next(stream)), self.device)
@@ -225,7 +246,9 @@ class ShardedChains:
                 self.engine.backward(loss)
                 losses[t] = loss.detach()
                 self.engine.step()
-                if is_paired[t]:  # after the step every weight is partitioned again, so w* is what is gathered
+                if is_paired[t] and anchor is not None:  # this rank's share's mean, as the forward would give
+                    inits[t] = anchor.batch_loss(batch, misses)
+                elif is_paired[t]:  # after the step every weight is partitioned again, so w* is what is gathered
                     inits[t] = self._loss_at_anchor(loss_fn, batch)
                 if log_accept is not None and self.optimizer.last_log_accept is not None and t > burn_in:
                     log_accept[t - 1] = self.optimizer.last_log_accept
@@ -235,6 +258,9 @@ class ShardedChains:
                     dist.all_reduce(both)  # the mean of equal shares' means is the batch mean
                     both /= self.world
                     fetched[block], fetched_inits[block] = both.cpu().numpy()
+                    if anchor is not None:  # every rank learns of a miss, so all stop together
+                        dist.all_reduce(misses)
+                        check_misses(misses)
                     steps_done = t + 1
                     status, message = _check_block(fetched[:steps_done], fetched_inits[:steps_done],
                                                    is_paired[:steps_done], init_loss, blowup, block.start)

@@ -98,6 +98,27 @@ def test_noise_off_traces_match_the_single_process_engine(pair, monkeypatch):
     ray.get(group.set_test_options.remote(noise=True))
 
 
+def test_sharded_pairs_looked_up_equal_the_forward_at_w_star(pair):
+    """L_m(w*) from the group's table (each rank's share of every row, summed over the ranks)
+    equals the collective forward at w* it replaces, on a restriction that moves one head."""
+    import ray
+
+    group, _, key, _ = pair
+    init = ray.get(group.init_loss.remote(key))
+    runs = {}
+    try:
+        for how in ("forward", "table"):
+            ray.get(group.set_test_options.remote(noise=False, anchor=how))
+            runs[how] = ray.get(group.run_chains.remote(1, [0], [1], init))[0]
+    finally:
+        ray.get(group.set_test_options.remote())
+    forward, table = runs["forward"], runs["table"]
+    assert forward["status"] == table["status"] == "succeeded"
+    np.testing.assert_array_equal(table["loss_trace"], forward["loss_trace"])  # the chain itself is untouched
+    np.testing.assert_allclose(table["init_trace"], forward["init_trace"], rtol=1e-6, atol=1e-6)
+    assert len(set(forward["init_trace"])) > 5  # batch-to-batch differences: the lookups found each batch's rows
+
+
 def test_two_ranks_partitions_get_independent_noise(pair):
     import ray
 

@@ -119,7 +119,7 @@ def test_half_precision_keeps_one_table_per_upcast_set(tiny_gpt2_dir):
 
 
 def test_row_keys_follow_content_not_position():
-    hasher = anchor._Hasher()
+    hasher = anchor.RowHasher()
     rows = torch.randint(-5, 50_000, (4000, 16), generator=torch.Generator().manual_seed(0))
     keys = hasher(rows)
     assert keys.unique().numel() == 4000  # no collisions among distinct rows
@@ -159,3 +159,18 @@ def test_table_needs_per_row_losses_and_a_pass_over_every_row(regression):
         estimate_llc(model, mse, batches, _config(), anchor="lookup")
     # auto falls back to the forward where no table can be built
     assert estimate_llc(model, plain, batches, _config(chains=1)).chains[0].status == "succeeded"
+
+
+def test_auto_falls_back_to_the_forward_where_rows_cannot_be_keyed(regression):
+    model, batches = regression
+    odd = [(x, y, torch.tensor(1.0)) for x, y in batches.every_row()]  # a per-batch scalar: no rows to key
+
+    def loss(model, batch):
+        return mse(model, batch[:2])
+
+    loss.per_row = lambda model, batch: mse_rows(model, batch[:2])
+    cache = anchor.AnchorCache()
+    result = estimate_llc(model, loss, odd, _config(chains=1), anchor_cache=cache)
+    assert result.chains[0].status == "succeeded" and list(cache.tables.values()) == [None]
+    with pytest.raises(TypeError, match="disagree on the number of rows"):
+        estimate_llc(model, loss, odd, _config(chains=1), anchor="table")

@@ -54,6 +54,8 @@ def test_batched_chains_equal_sequential_chains(problem, method, mala, restricte
     together = estimate_llc(model, mse, batches, config, params=params, batch_chains=3)
     _same_chains(one_at_a_time, together)
     assert together.llc_mean == pytest.approx(one_at_a_time.llc_mean, rel=1e-4, abs=1e-6)
+    assert [c.extra.get("chains_together") for c in together.chains] == [3, 3, 3]
+    assert [c.extra.get("chains_together") for c in one_at_a_time.chains] == [None] * 3
     for p, b in zip(model.parameters(), before):  # w* untouched, grad flags restored
         assert torch.equal(p.detach(), b)
         assert p.grad is None
