@@ -131,6 +131,7 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
     model.to(device)
     model.eval()
     model.requires_grad_(False)
+    skip_padding_check(model)
 
     tokenizer = None
     has_tokenizer = not ref.local_path or any((Path(source) / f).is_file() for f in TOKENIZER_FILES)
@@ -149,6 +150,23 @@ def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> LoadedModel
     )
     return LoadedModel(model=model, tokenizer=tokenizer, provenance=provenance,
                        max_positions=max_positions_of(config), architecture=config.model_type)
+
+
+def _rows_are_never_padded(input_ids, attention_mask) -> None:
+    return None
+
+
+def skip_padding_check(model: Any) -> None:
+    """Turns off transformers' "input_ids may be padded" check on every sub-model of `model`.
+
+    Our rows are cut from documents and never padded (cluster.datasets), so the check can
+    only be wrong; it also reads token ids to the host each forward (`in` calls .item()),
+    a device sync per SGLD step that torch.func.vmap refuses outright, so chains of a model
+    whose config has a pad_token_id (GPT-2 saved by tokenizer tooling) could not be batched.
+    """
+    for module in model.modules():
+        if hasattr(module, "warn_if_padding_and_no_attention_mask"):
+            module.warn_if_padding_and_no_attention_mask = _rows_are_never_padded
 
 
 def checkpoint_activations(model: Any) -> int:

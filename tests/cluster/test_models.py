@@ -178,3 +178,23 @@ def test_checkpointed_activations_keep_the_losses_and_fewer_bytes(tiny_lm_dirs, 
     (plain_bytes, plain), (ckpt_bytes, ckpt) = runs[False], runs[True]
     assert [c.loss_trace for c in ckpt.chains] == [c.loss_trace for c in plain.chains]
     assert ckpt_bytes < 0.6 * plain_bytes, (ckpt_bytes, plain_bytes)
+
+
+@pytest.mark.parametrize("key", ["gpt2", "gpt_neox", "llama", "opt"])
+def test_loaded_models_batch_their_chains(tiny_lm_dirs, key):
+    """Every architecture we load runs a worker's chains as one vmap-batched computation, with
+    the chains run one at a time: GPT-2 with a pad_token_id used to fall back (transformers'
+    padding check calls .item(), which vmap refuses), so chains_per_worker bought nothing."""
+    from cluster.datasets import lm_loss
+    from cluster.contract.sampler import SamplerConfig
+    from cluster.engine.estimate import estimate_llc
+
+    model = load_model(ModelRef(local_path=str(tiny_lm_dirs[key]))).model
+    assert model.config.pad_token_id is not None  # the tiny models carry one, as tokenizer tooling saves it
+    batches = list(torch.randint(3, 40, (4, 4, 16), generator=torch.Generator().manual_seed(0)))
+    config = SamplerConfig(step_size=1e-4, nbeta=20.0, gamma=100.0, chains=2, draws=6, burn_in=0, fetch_every=3)
+    one_at_a_time = estimate_llc(model, lm_loss, batches, config)
+    together = estimate_llc(model, lm_loss, batches, config, batch_chains=2)
+    assert [c.extra.get("chains_together") for c in together.chains] == [2, 2]
+    for a, b in zip(one_at_a_time.chains, together.chains):
+        torch.testing.assert_close(torch.tensor(b.loss_trace), torch.tensor(a.loss_trace), rtol=1e-5, atol=1e-5)
